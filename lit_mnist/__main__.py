@@ -1,0 +1,3 @@
+from lit_mnist.cli import main
+
+main()

@@ -1,0 +1,12 @@
+from lit_mnist.data.loader import BatchIndexSampler, TensorBatches, batch_loader
+from lit_mnist.data.mnist import MNISTDataError, MNISTDataModule, ensure_mnist_files, load_mnist
+
+__all__ = [
+    "BatchIndexSampler",
+    "MNISTDataError",
+    "MNISTDataModule",
+    "TensorBatches",
+    "batch_loader",
+    "ensure_mnist_files",
+    "load_mnist",
+]

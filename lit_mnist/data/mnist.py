@@ -1,0 +1,237 @@
+"""MNIST from the IDX files on disk, held in memory as uint8 tensors and batched by index."""
+
+from __future__ import annotations
+
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+from torchvision.datasets import MNIST
+from torchvision.datasets.utils import extract_archive
+
+from lit_mnist.data.loader import batch_loader
+from lit_mnist.errors import LitMNISTError
+
+#: The four files torchvision's ``MNIST`` reads from ``<data_dir>/MNIST/raw/``, with the magic
+#: number and the item shape each IDX header must carry.
+IDX_FILES = {
+    "train-images-idx3-ubyte": (2051, (28, 28)),
+    "train-labels-idx1-ubyte": (2049, ()),
+    "t10k-images-idx3-ubyte": (2051, (28, 28)),
+    "t10k-labels-idx1-ubyte": (2049, ()),
+}
+#: Mean and standard deviation of the 60,000 training pixels scaled to [0, 1].
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+DOWNLOAD_TIMEOUT_S = 10
+
+
+class MNISTDataError(LitMNISTError):
+    """MNIST files that are missing, unreadable or not what their name says."""
+
+
+def raw_folder(data_dir: str | Path) -> Path:
+    """Where torchvision's ``MNIST`` looks for the IDX files under ``data_dir``."""
+    return Path(data_dir) / "MNIST" / "raw"
+
+
+def _missing_files_message(folder: Path) -> str:
+    names = ", ".join(IDX_FILES)
+    return (
+        f"MNIST was not found in {folder} and could not be downloaded. Put the four files {names} "
+        f"(or the same names with .gz) in that folder, or pass --data.data_dir pointing at a folder "
+        "that has MNIST/raw/ inside."
+    )
+
+
+@contextmanager
+def _socket_timeout(seconds: float):
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def ensure_mnist_files(data_dir: str | Path) -> Path:
+    """Make the four decompressed IDX files exist under ``data_dir/MNIST/raw/`` and return that folder.
+
+    Decompressed files are used as they are; ``.gz`` files beside them are extracted with
+    torchvision's ``extract_archive``; if neither is there, torchvision downloads them, with a
+    short socket time-out so that a machine without network fails fast with a clear message.
+    """
+    root = Path(data_dir)
+    if root.exists() and not root.is_dir():
+        raise MNISTDataError(f"data_dir {root} is a file, not a folder: pass the folder that holds MNIST/raw/.")
+    folder = raw_folder(root)
+    for name in IDX_FILES:
+        path, archive = folder / name, folder / f"{name}.gz"
+        if not path.exists() and archive.exists():
+            try:
+                extract_archive(str(archive), str(folder))
+            except (OSError, EOFError) as err:
+                raise MNISTDataError(f"Could not decompress {archive}: {err}.") from None
+    if all((folder / name).exists() for name in IDX_FILES):
+        return folder
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            MNIST(str(root), train=True, download=True)
+            MNIST(str(root), train=False, download=True)
+    except Exception:
+        raise MNISTDataError(_missing_files_message(folder)) from None
+    return folder
+
+
+def check_idx_file(path: Path) -> int:
+    """Check an IDX file's header and size against what its name promises; return its item count."""
+    magic, item_shape = IDX_FILES[path.name]
+    kind = "images" if item_shape else "labels"
+    item_bytes = 1
+    for dim in item_shape:
+        item_bytes *= dim
+    header_bytes = 4 * (2 + len(item_shape))
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            header = f.read(header_bytes)
+    except OSError as err:
+        raise MNISTDataError(f"Cannot read {path}: {err.strerror}.") from None
+    if len(header) < header_bytes:
+        raise MNISTDataError(f"{path} is not an MNIST {kind} file: it is only {size} bytes long.")
+    fields = [int.from_bytes(header[i : i + 4], "big") for i in range(0, header_bytes, 4)]
+    if fields[0] != magic:
+        raise MNISTDataError(
+            f"{path} is not an MNIST {kind} file: its magic number is {fields[0]}, expected {magic}."
+        )
+    count, shape = fields[1], tuple(fields[2:])
+    if shape != item_shape:
+        raise MNISTDataError(f"{path} holds items of shape {shape}, expected {item_shape}.")
+    expected = header_bytes + count * item_bytes
+    if size != expected:
+        raise MNISTDataError(
+            f"{path} is truncated or corrupt: its header promises {count} {kind} "
+            f"({expected} bytes) but the file has {size} bytes."
+        )
+    return count
+
+
+def load_mnist(data_dir: str | Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked uint8 images ``[N, 28, 28]`` and int64 labels ``[N]`` of one MNIST split."""
+    folder = raw_folder(data_dir)
+    prefix = "train" if train else "t10k"
+    images_file = folder / f"{prefix}-images-idx3-ubyte"
+    labels_file = folder / f"{prefix}-labels-idx1-ubyte"
+    for path in (images_file, labels_file):
+        if not path.exists():
+            raise MNISTDataError(_missing_files_message(folder))
+    n_images, n_labels = check_idx_file(images_file), check_idx_file(labels_file)
+    if n_images != n_labels:
+        raise MNISTDataError(
+            f"{images_file} has {n_images} images but {labels_file} has {n_labels} labels."
+        )
+    dataset = MNIST(str(data_dir), train=train, download=False)
+    return dataset.data, dataset.targets
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """The MNIST digits for training, validation, test and prediction.
+
+    Images stay in memory as uint8 ``[N, 28, 28]`` tensors and every batch is cut from them with a
+    single index operation; scaling to [0, 1] (``x / 255``, as the seeds do) and the optional
+    standardization happen on the whole batch once it is on the model's device, so batches
+    reach the network as float ``[B, 1, 28, 28]``.
+
+    Args:
+        data_dir: Folder holding ``MNIST/raw/`` (the repository's ``data`` has the vendored files).
+        batch_size: Training batch size.
+        eval_batch_size: Batch size for validation, test and prediction (it does not change results).
+        val_size: Training images held out for validation; 0 trains on all 60,000 like the seeds
+            and skips validation.
+        split_seed: Seed of the train/validation split, kept apart from the training seed so that
+            runs with different seeds are validated on the same images.
+        shuffle_seed: Seed of the per-epoch shuffling; the order of epoch ``e`` is fixed by
+            ``(shuffle_seed, e)``. ``None`` takes the seed given to ``seed_everything``.
+        standardize: Subtract the training-set mean and divide by its standard deviation after
+            scaling to [0, 1].
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 32,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        split_seed: int = 42,
+        shuffle_seed: int | None = None,
+        standardize: bool = False,
+    ) -> None:
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise LitMNISTError(f"data.{name} must be a positive whole number, got {value}.")
+        if val_size < 0:
+            raise LitMNISTError(f"data.val_size must be 0 or more, got {val_size}.")
+        self.save_hyperparameters()
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.val_size = val_size
+        self.split_seed = split_seed
+        self.shuffle_seed = shuffle_seed
+        self.standardize = standardize
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def prepare_data(self) -> None:
+        ensure_mnist_files(self.data_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", "validate", None) and "train" not in self.splits:
+            images, labels = load_mnist(self.data_dir, train=True)
+            if self.val_size >= len(images):
+                raise LitMNISTError(
+                    f"data.val_size is {self.val_size} but the training set has only "
+                    f"{len(images)} images: use a smaller val_size (0 trains on all of them)."
+                )
+            order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed))
+            val, train = order[: self.val_size], order[self.val_size :]
+            self.splits["train"] = images[train], labels[train]
+            self.splits["val"] = images[val], labels[val]
+        if stage in ("test", "predict", None) and "test" not in self.splits:
+            self.splits["test"] = load_mnist(self.data_dir, train=False)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
+        trainer = self.trainer
+        seed = self.shuffle_seed if self.shuffle_seed is not None else torch.initial_seed()
+        return batch_loader(
+            *self.splits[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed % 2**63,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_size == 0:
+            return []
+        return self._loader("val", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, *rest = batch
+        images = images.unsqueeze(1).float().div_(255)
+        if self.standardize:
+            images = images.sub_(MNIST_MEAN).div_(MNIST_STD)
+        return (images, *rest)
