@@ -53,5 +53,7 @@ class LineProgressBar(ProgressBar):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         elapsed = time.perf_counter() - self._epoch_start
         metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if "/" in k}
-        shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(metrics.items()))
+        shown = "  ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(metrics.items())
+        )
         self._print(f"{self._epoch(trainer)} done in {elapsed:.1f} s  {shown}")

@@ -75,9 +75,9 @@ class LitMNISTCLI(LightningCLI):
             return
         config = self.config[subcommand]
         logger = config.trainer.logger
-        if isinstance(logger, Namespace) and "name" in logger.get("init_args", {}):
-            if logger.init_args.name is None:
-                logger.init_args.name = run_name(config)
+        init_args = logger.get("init_args", {}) if isinstance(logger, Namespace) else {}
+        if "name" in init_args and init_args.name is None:
+            init_args.name = run_name(config)
         self._resolve_ckpt_path(config, logger)
 
     def _resolve_ckpt_path(self, config: Namespace, logger: Any) -> None:

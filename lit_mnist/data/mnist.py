@@ -66,7 +66,9 @@ def ensure_mnist_files(data_dir: str | Path) -> Path:
     """
     root = Path(data_dir)
     if root.exists() and not root.is_dir():
-        raise MNISTDataError(f"data_dir {root} is a file, not a folder: pass the folder that holds MNIST/raw/.")
+        raise MNISTDataError(
+            f"data_dir {root} is a file, not a folder: pass the folder that holds MNIST/raw/."
+        )
     folder = raw_folder(root)
     for name in IDX_FILES:
         path, archive = folder / name, folder / f"{name}.gz"
@@ -130,9 +132,7 @@ def load_mnist(data_dir: str | Path, train: bool) -> tuple[torch.Tensor, torch.T
             raise MNISTDataError(_missing_files_message(folder))
     n_images, n_labels = check_idx_file(images_file), check_idx_file(labels_file)
     if n_images != n_labels:
-        raise MNISTDataError(
-            f"{images_file} has {n_images} images but {labels_file} has {n_labels} labels."
-        )
+        raise MNISTDataError(f"{images_file} has {n_images} images but {labels_file} has {n_labels} labels.")
     dataset = MNIST(str(data_dir), train=train, download=False)
     return dataset.data, dataset.targets
 

@@ -1,0 +1,107 @@
+"""``python -m lit_mnist`` end to end, as a user runs it: real processes on the vendored MNIST."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+SHORT_FIT = (
+    "--trainer.max_epochs", "1",
+    "--trainer.limit_train_batches", "40",
+    "--trainer.limit_val_batches", "2",
+)  # fmt: skip
+
+
+def _logs(tmp: Path) -> tuple[str, ...]:
+    return ("--trainer.logger.init_args.save_dir", str(tmp))
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> tuple[Path, str]:
+    """One short fit of configs/mlp.yaml; its log folder and output."""
+    logs = tmp_path_factory.mktemp("logs")
+    result = run_cli("fit", "--config", "configs/mlp.yaml", *SHORT_FIT, *_logs(logs))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return logs, result.stdout
+
+
+def test_fit_keeps_best_and_last_and_tests_the_best(fitted):
+    logs, stdout = fitted
+    checkpoints = logs / "mlp" / "version_0" / "checkpoints"
+    assert (checkpoints / "last.ckpt").is_file()
+    best = list(checkpoints.glob("best-*.ckpt"))
+    assert len(best) == 1
+    assert f"Testing the best checkpoint {best[0]}" in stdout
+    accuracy = float(re.search(r"Test accuracy ([\d.]+) %", stdout).group(1))
+    assert 50 < accuracy <= 100
+    assert (logs / "mlp" / "version_0" / "config.yaml").is_file()
+
+
+def test_output_to_a_file_is_a_few_lines_per_epoch(fitted):
+    _, stdout = fitted
+    assert "epoch 1/1 done in" in stdout
+    assert "train/loss" in stdout and "val/acc" in stdout
+    assert len(stdout.splitlines()) < 60
+
+
+def test_test_and_predict_from_the_checkpoint(fitted):
+    logs, _ = fitted
+    ckpt = logs / "mlp" / "version_0" / "checkpoints" / "last.ckpt"
+    test = run_cli("test", "--config", "configs/mlp.yaml", "--ckpt_path", str(ckpt), *_logs(logs))
+    assert test.returncode == 0, test.stderr[-3000:]
+    assert "test/acc" in test.stdout
+    predict = run_cli("predict", "--config", "configs/mlp.yaml", "--ckpt_path", str(ckpt), *_logs(logs))
+    assert predict.returncode == 0, predict.stderr[-3000:]
+
+
+def test_ckpt_path_last_resumes_the_previous_run(tmp_path):
+    first = run_cli(
+        "fit", "--config", "configs/mlp.yaml", *SHORT_FIT, "--test_after_fit", "false", *_logs(tmp_path)
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = tmp_path / "mlp" / "version_0" / "checkpoints" / "last.ckpt"
+    resumed = run_cli(
+        "fit", "--config", "configs/mlp.yaml", *SHORT_FIT, "--trainer.max_epochs", "2",
+        "--test_after_fit", "false", "--ckpt_path", "last", *_logs(tmp_path),
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming from {last}" in resumed.stdout
+    assert "epoch 2/2 done" in resumed.stdout and "epoch 1/2 done" not in resumed.stdout
+    assert not (tmp_path / "mlp" / "version_1").exists()
+
+
+def test_help_and_print_config():
+    help_ = run_cli("--help")
+    assert help_.returncode == 0
+    for subcommand in ("fit", "validate", "test", "predict"):
+        assert subcommand in help_.stdout
+    printed = run_cli("fit", "--config", "configs/mlp.yaml", "--data.batch_size", "64", "--print_config")
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    assert "class_path: lit_mnist.MLP" in printed.stdout
+    assert "batch_size: 64" in printed.stdout
+    assert "class_path: torch.optim.Adam" in printed.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--model.init_args.no_such_key", "1"), "no_such_key"),
+        (("--data.batch_size", "abc"), "batch_size"),
+        (("--config", "configs/does_not_exist.yaml"), "does_not_exist.yaml"),
+    ],
+    ids=["unknown-key", "wrong-type", "missing-config"],
+)
+def test_bad_arguments_exit_2_without_traceback(args, message):
+    result = run_cli("fit", "--config", "configs/mlp.yaml", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_checkpoint_is_one_sentence(tmp_path):
+    result = run_cli("test", "--config", "configs/mlp.yaml", "--ckpt_path", str(tmp_path / "nope.ckpt"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: Checkpoint file {tmp_path / 'nope.ckpt'} does not exist."

@@ -1,0 +1,45 @@
+"""Real training on the vendored MNIST, through the Python API a user would write."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+from conftest import REPO
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lit_mnist import MLP, MNISTDataModule
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("tb")
+    L.seed_everything(0)
+    model = MLP()
+    data = MNISTDataModule(data_dir=str(REPO / "data"), batch_size=32)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=TensorBoardLogger(str(logs), name="mlp"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, data)
+    results = trainer.test(model, data, verbose=False)[0]
+    return trainer, results
+
+
+def test_mlp_one_epoch_reaches_95_percent(one_epoch):
+    _, results = one_epoch
+    assert results["test/acc"] >= 0.95
+    assert results["test/loss"] < 0.2
+
+
+def test_tensorboard_event_file_has_the_scalars(one_epoch):
+    trainer, _ = one_epoch
+    events = EventAccumulator(trainer.logger.log_dir)
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc"):
+        assert tag in tags
+    assert 0.9 < events.Scalars("val/acc")[-1].value <= 1.0
