@@ -1,6 +1,15 @@
 """Five Keras/TensorFlow MNIST tutorials, ported to PyTorch + Lightning."""
 
-from lit_mnist.data import MNISTDataModule
-from lit_mnist.models import MLP, MNISTClassifier
+from lit_mnist.data import BlobsDataModule, MNISTDataModule
+from lit_mnist.models import CNN, MLP, DropoutMLP, LinearClassifier, MNISTClassifier, ScratchMLP
 
-__all__ = ["MLP", "MNISTClassifier", "MNISTDataModule"]
+__all__ = [
+    "CNN",
+    "MLP",
+    "BlobsDataModule",
+    "DropoutMLP",
+    "LinearClassifier",
+    "MNISTClassifier",
+    "MNISTDataModule",
+    "ScratchMLP",
+]

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import csv
+import math
 import time
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ProgressBar
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelSummary, ProgressBar, Timer
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.model_summary import summarize
+from matplotlib.figure import Figure
+from torch import nn
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from lit_mnist.errors import LitMNISTError
 
 
 class LineProgressBar(ProgressBar):
@@ -57,3 +70,312 @@ class LineProgressBar(ProgressBar):
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(metrics.items())
         )
         self._print(f"{self._epoch(trainer)} done in {elapsed:.1f} s  {shown}")
+
+
+def _synchronize(module: L.LightningModule) -> None:
+    """Wait for the module's device, so that wall-clock times include its queued work."""
+    if module.device.type == "cuda":
+        torch.cuda.synchronize(module.device)
+
+
+class EpochTimer(Timer):
+    """Lightning's ``Timer`` plus the wall time of each training epoch (validation included).
+
+    Times are taken after the accelerator has finished its queued work, so they are honest on GPU.
+    ``time_elapsed("train")`` is the fit loop's wall time, from ``on_train_start`` to ``on_train_end``.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.epoch_times: list[float] = []
+        self._epoch_start = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _synchronize(pl_module)
+        super().on_train_start(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _synchronize(pl_module)
+        super().on_train_end(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _synchronize(pl_module)
+        self._epoch_start = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _synchronize(pl_module)
+        self.epoch_times.append(time.monotonic() - self._epoch_start)
+        super().on_train_epoch_end(trainer, pl_module)
+
+
+def _is_metrics(module: nn.Module) -> bool:
+    children = list(module.children())
+    return isinstance(module, Metric) or (bool(children) and all(_is_metrics(c) for c in children))
+
+
+def _keras_shape(shape: Any) -> str:
+    if isinstance(shape, list) and shape and all(isinstance(n, int) for n in shape):
+        return "(" + ", ".join(["None", *map(str, shape[1:])]) + ")"
+    return str(shape)
+
+
+def keras_summary(model: L.LightningModule, max_depth: int = 2) -> str:
+    """A table like Keras' ``model.summary()``: layer (type), output shape, exact parameter count.
+
+    Layers are Lightning's ``ModelSummary`` rows down to ``max_depth`` (indented by depth);
+    torchmetrics modules are left out. Output shapes come from a forward pass of the model's
+    ``example_input_array``, with its batch dimension shown as ``None`` as Keras does.
+    """
+    summary = summarize(model, max_depth=max_depth)
+    rows = [("Layer (type)", "Output Shape", "Param #")]
+    for name, kind, shape, params in zip(
+        summary.layer_names, summary.layer_types, summary.out_sizes, summary.param_nums, strict=True
+    ):
+        if not _is_metrics(model.get_submodule(name)):
+            rows.append((f"{'  ' * name.count('.')}{name} ({kind})", _keras_shape(shape), f"{params:,}"))
+    widths = [max(len(row[i]) for row in rows) + 3 for i in range(3)]
+    table = [" " + "".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    total, trainable = summary.total_parameters, summary.trainable_parameters
+    return "\n".join(
+        [
+            f'Model: "{type(model).__name__}"',
+            "_" * sum(widths),
+            table[0],
+            "=" * sum(widths),
+            *table[1:],
+            "=" * sum(widths),
+            f"Total params: {total:,}",
+            f"Trainable params: {trainable:,}",
+            f"Non-trainable params: {total - trainable:,}",
+            "_" * sum(widths),
+        ]
+    )
+
+
+class KerasModelSummary(ModelSummary):
+    """``fit`` starts by printing ``keras_summary`` of the model instead of Lightning's table.
+
+    ``max_depth`` 2 lists the layers inside ``net``; 0 prints nothing.
+    """
+
+    def __init__(self, max_depth: int = 2) -> None:
+        super().__init__(max_depth=max_depth)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._max_depth and trainer.is_global_zero:
+            print(keras_summary(pl_module, self._max_depth), flush=True)
+
+
+def tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:
+    """The trainer's first ``TensorBoardLogger``, if it has one."""
+    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+def _as_images(x: Any) -> torch.Tensor | None:
+    """``[B, H, W]`` from a batch of grey images ``[B, 1, H, W]`` or ``[B, H, W]``; else ``None``."""
+    if not isinstance(x, torch.Tensor):
+        return None
+    if x.ndim == 4 and x.shape[1] == 1:
+        return x[:, 0]
+    return x if x.ndim == 3 else None
+
+
+def image_grid(images: torch.Tensor, titles: Sequence[str], columns: int = 8) -> Figure:
+    """A figure of grey images ``[N, H, W]`` (each scaled to its own range) with a title each."""
+    rows = math.ceil(len(images) / columns)
+    figure = Figure(figsize=(1.3 * columns, 1.5 * rows), layout="constrained")
+    for i, (image, title) in enumerate(zip(images, titles, strict=True)):
+        ax = figure.add_subplot(rows, columns, i + 1)
+        ax.imshow(image.detach().float().cpu().numpy(), cmap="gray")
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    return figure
+
+
+class TensorBoardFigures(L.Callback):
+    """Figures for TensorBoard: what the data looks like and where the model goes wrong.
+
+    * ``train/samples``: a grid of the first training batch's images with their labels, once
+      when training starts;
+    * ``val/confusion_matrix`` and ``val/worst_errors`` after every validation epoch (not the
+      sanity check), ``test/...`` after testing: torchmetrics' confusion-matrix plot, and the
+      ``num_worst`` misclassified images whose true class got the lowest probability, titled
+      with the predicted and the true label.
+
+    It needs a ``TensorBoardLogger`` among the trainer's loggers and does nothing without one.
+    The evaluation figures are built from what ``validation_step`` / ``test_step`` return, which
+    must be class probabilities ``[B, C]`` (``MNISTClassifier`` returns them), so there is no
+    second forward pass; training steps cost nothing. Image grids are drawn only for grey image
+    batches. Under DDP the confusion matrix covers all processes and the worst images those of
+    process 0.
+    """
+
+    def __init__(self, num_samples: int = 32, num_worst: int = 16) -> None:
+        self.num_samples = num_samples
+        self.num_worst = num_worst
+        self._active = False
+        self._confmat: MulticlassConfusionMatrix | None = None
+        self._worst: tuple[torch.Tensor, ...] | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logger = tensorboard_logger(trainer)
+        if logger is None or not trainer.is_global_zero:
+            return
+        batch = next(iter(trainer.train_dataloader), None)
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            return
+        images = _as_images(batch[0])
+        if images is None:
+            return
+        n = min(len(images), self.num_samples)
+        titles = [str(int(label)) for label in batch[1][:n]]
+        logger.experiment.add_figure(
+            "train/samples", image_grid(images[:n], titles), global_step=trainer.global_step
+        )
+
+    def _start(self, trainer: L.Trainer) -> None:
+        self._active = tensorboard_logger(trainer) is not None and not trainer.sanity_checking
+        self._confmat = None
+        self._worst = None
+
+    def _update(self, probs: Any, batch: Any) -> None:
+        if not self._active or not isinstance(probs, torch.Tensor) or probs.ndim != 2:
+            return
+        targets = batch[1]
+        if self._confmat is None:
+            self._confmat = MulticlassConfusionMatrix(probs.shape[1], validate_args=False).to(probs.device)
+        self._confmat.update(probs, targets)
+        images = _as_images(batch[0])
+        if images is None:
+            return
+        preds = probs.argmax(dim=1)
+        wrong = preds != targets
+        true_prob = probs.gather(1, targets[:, None]).squeeze(1)
+        found = (true_prob[wrong], images[wrong], preds[wrong], targets[wrong])
+        if self._worst is not None:
+            found = tuple(torch.cat(pair) for pair in zip(self._worst, found, strict=True))
+        keep = found[0].argsort()[: self.num_worst]
+        self._worst = tuple(t[keep] for t in found)
+
+    def _log(self, trainer: L.Trainer, split: str) -> None:
+        logger = tensorboard_logger(trainer)
+        if not self._active or self._confmat is None or logger is None:
+            return
+        matrix = self._confmat.compute()
+        if not trainer.is_global_zero:
+            return
+        figure = Figure(figsize=(7, 7), layout="constrained")
+        self._confmat.plot(val=matrix, ax=figure.add_subplot())
+        step = trainer.global_step
+        logger.experiment.add_figure(f"{split}/confusion_matrix", figure, global_step=step)
+        if self._worst is not None and len(self._worst[0]):
+            _, images, preds, targets = self._worst
+            titles = [f"pred {p} / true {t}" for p, t in zip(preds.tolist(), targets.tolist(), strict=True)]
+            grid = image_grid(images, titles)
+            logger.experiment.add_figure(f"{split}/worst_errors", grid, global_step=step)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(trainer)
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._update(outputs, batch)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(trainer, "val")
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(trainer)
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._update(outputs, batch)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(trainer, "test")
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes what ``predict`` returns to a CSV file in the run's directory and prints its path.
+
+    One row per input, in order: ``index`` (its position in the predicted set: the MNIST test
+    set, or the name-sorted files of ``data.predict_dir``), ``file`` (when the data module has
+    ``predict_names``), ``label`` (the predicted class), ``prob_0 … prob_{C-1}`` (the class
+    probabilities from ``predict_step``, the softmax of the logits) and ``true_label`` when the
+    batches carry labels. The run's directory is the trainer's ``log_dir``
+    (``lightning_logs/<run>/version_N/`` with the default logger; the working directory with
+    none). Rows are written batch by batch. Meant for one process: under DDP every process would
+    write its own shard to the same file.
+    """
+
+    def __init__(self, filename: str = "predictions.csv") -> None:
+        super().__init__(write_interval="batch")
+        self.filename = filename
+        self.path: Path | None = None
+        self._file: IO[str] | None = None
+        self._writer: Any = None
+        self._count = 0
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        directory = Path(trainer.log_dir or trainer.default_root_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / self.filename
+        if self.path.exists():
+            raise LitMNISTError(
+                f"{self.path} already exists: move it away, or predict with a logger (a new run folder)."
+            )
+        self._file = self.path.open("w", newline="")
+        self._writer = csv.writer(self._file)
+        self._count = 0
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        probs = prediction["probs"].float().cpu()
+        preds = prediction["pred"].cpu().tolist()
+        targets = prediction["target"].cpu().tolist() if "target" in prediction else None
+        names = getattr(trainer.datamodule, "predict_names", None)
+        if self._count == 0:
+            header = ["index", *(["file"] if names else []), "label"]
+            header += [f"prob_{k}" for k in range(probs.shape[1])]
+            self._writer.writerow(header + (["true_label"] if targets is not None else []))
+        for i, (row_probs, pred) in enumerate(zip(probs.tolist(), preds, strict=True)):
+            index = self._count + i
+            row = [index, *([names[index]] if names else []), pred, *(f"{p:.7g}" for p in row_probs)]
+            self._writer.writerow(row + ([targets[i]] if targets is not None else []))
+        self._count += len(preds)
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close()
+        print(f"Wrote {self._count} predictions to {self.path}", flush=True)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._close()

@@ -1,6 +1,7 @@
 """``python -m lit_mnist``: LightningCLI with this project's defaults.
 
-Subcommands are Lightning's ``fit``, ``validate``, ``test`` and ``predict``. On top of them:
+Subcommands are Lightning's ``fit``, ``validate``, ``test`` and ``predict``, and ``export``
+(``lit_mnist/export.py``). On top of them:
 runs are logged to TensorBoard under ``lightning_logs/<run name>/version_N/`` (the run name is the
 first ``--config`` file's name, else the model class), the best (by ``val/acc``) and last
 checkpoints are kept, ``fit`` ends by testing the best checkpoint, ``--ckpt_path last`` finds the
@@ -9,16 +10,23 @@ newest ``last.ckpt`` of the run, and problems the user can fix are reported in o
 
 from __future__ import annotations
 
+import importlib
+import logging
+import os
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from lit_mnist.callbacks import LineProgressBar
+from lit_mnist import export
+from lit_mnist.callbacks import KerasModelSummary, LineProgressBar, PredictionWriter, TensorBoardFigures
+from lit_mnist.checkpoint import read_checkpoint
 from lit_mnist.errors import LitMNISTError
 from lit_mnist.models.classifier import MNISTClassifier
 
@@ -26,9 +34,29 @@ from lit_mnist.models.classifier import MNISTClassifier
 CKPT_KEYWORDS = ("best", "hpc", "registry")
 
 
+class _Parser(LightningArgumentParser):
+    """jsonargparse's parser, minus the 70-line usage it prints before every error message."""
+
+    def print_usage(self, file: Any = None) -> None:
+        pass
+
+
+class _SaveConfigToRunFolder(SaveConfigCallback):
+    """Writes ``config.yaml`` into the run's log folder, and nowhere when there is no logger.
+
+    Lightning's callback would otherwise write (and, with ``overwrite``, replace) a ``config.yaml``
+    in the current directory, which may be the user's own file.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.logger is not None:
+            super().setup(trainer, pl_module, stage)
+
+
 class LitMNISTCLI(LightningCLI):
     def __init__(self, args: Any = None, run: bool = True) -> None:
         callbacks = [] if sys.stdout.isatty() else [LineProgressBar()]
+        callbacks += [KerasModelSummary(), TensorBoardFigures(), PredictionWriter()]
         super().__init__(
             MNISTClassifier,
             L.LightningDataModule,
@@ -36,15 +64,25 @@ class LitMNISTCLI(LightningCLI):
             subclass_mode_data=True,
             seed_everything_default=0,
             auto_configure_optimizers=False,
+            save_config_callback=_SaveConfigToRunFolder,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
                 "logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                    "init_args": {"save_dir": "lightning_logs", "name": None, "default_hp_metric": False},
+                    "init_args": {
+                        "save_dir": "lightning_logs",
+                        "name": None,
+                        "default_hp_metric": False,
+                        "log_graph": True,
+                    },
                 },
                 "callbacks": callbacks,
             },
-            parser_kwargs={"description": "Train, test and use the lit_mnist seed models."},
+            parser_kwargs={
+                "description": "Train, test and use the lit_mnist seed models.",
+                "prog": "lit_mnist",
+            },
+            parser_class=_Parser,
             args=args,
             run=run,
         )
@@ -78,6 +116,8 @@ class LitMNISTCLI(LightningCLI):
         init_args = logger.get("init_args", {}) if isinstance(logger, Namespace) else {}
         if "name" in init_args and init_args.name is None:
             init_args.name = run_name(config)
+        if "save_dir" in init_args and subcommand == "fit":
+            _check_writable(Path(init_args.save_dir))
         self._resolve_ckpt_path(config, logger)
 
     def _resolve_ckpt_path(self, config: Namespace, logger: Any) -> None:
@@ -85,8 +125,7 @@ class LitMNISTCLI(LightningCLI):
         if ckpt_path is None or ckpt_path in CKPT_KEYWORDS:
             return
         if ckpt_path != "last":
-            if not Path(ckpt_path).is_file():
-                raise LitMNISTError(f"Checkpoint file {ckpt_path} does not exist.")
+            _check_model_class(read_checkpoint(ckpt_path), ckpt_path, config.model)
             return
         if not isinstance(logger, Namespace) or logger.init_args.get("save_dir") is None:
             raise LitMNISTError("--ckpt_path last needs a logger with a save_dir to find last.ckpt in.")
@@ -99,9 +138,16 @@ class LitMNISTCLI(LightningCLI):
             config.ckpt_path = None
             return
         config.ckpt_path = str(found[-1])
+        _check_model_class(read_checkpoint(found[-1]), found[-1], config.model)
         if self.config.subcommand == "fit":
             logger.init_args.version = found[-1].parent.parent.name
             print(f"Resuming from {found[-1]}")
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if trainer.loggers:
+            trainer.callbacks.append(LearningRateMonitor())
+        return trainer
 
     def after_fit(self) -> None:
         if not self.config.fit.test_after_fit or self.trainer.interrupted:
@@ -120,6 +166,37 @@ class LitMNISTCLI(LightningCLI):
             print(f"Test accuracy {100 * metrics['test/acc']:.2f} %, loss {metrics['test/loss']:.4f}")
 
 
+def _check_model_class(checkpoint: dict[str, Any], path: str | Path, model: Any) -> None:
+    """Refuse a checkpoint saved from another model class than the config names.
+
+    Left alone, LightningCLI would quietly build the checkpoint's class instead of the config's.
+    """
+    saved = checkpoint.get("hyper_parameters", {}).get("_class_path")
+    wanted = model.get("class_path") if isinstance(model, Namespace) else None
+    if saved and wanted and _import(saved) is not _import(wanted):
+        raise LitMNISTError(
+            f"{path} was saved from a {saved} model but the config asks for {wanted}: "
+            "use the config the checkpoint was trained with."
+        )
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise LitMNISTError(f"Cannot write to the log folder {folder}: {err.strerror}.") from None
+
+
+def _import(class_path: str) -> Any:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return class_path
+
+
 def run_name(config: Namespace) -> str:
     """The first ``--config`` file's stem, else the model class name in lower case."""
     files = config.get("config") or []
@@ -129,10 +206,47 @@ def run_name(config: Namespace) -> str:
     return class_path.rsplit(".", 1)[-1].lower()
 
 
+def _quiet_lightning_noise() -> None:
+    """Drop Lightning's advertisement line and a deprecation warning it raises itself under torch ≥ 2.13."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # TensorBoard's add_graph traces with torch.jit; PredictionWriter counts rows itself.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices")
+
+
+def _user_error_in(err: BaseException | None) -> LitMNISTError | None:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, LitMNISTError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def main(args: Any = None) -> None:
     """Entry point of ``python -m lit_mnist`` and the ``lit-mnist`` script."""
+    _quiet_lightning_noise()
+    argv = sys.argv[1:] if args is None else args
     try:
+        if isinstance(argv, list) and argv[:1] == ["export"]:
+            return export.main(argv[1:])
         LitMNISTCLI(args=args)
     except LitMNISTError as err:
         print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except ValueError as err:
+        # jsonargparse wraps what a constructor raises in its own ValueError; find ours inside.
+        cause = _user_error_in(err)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as err:
+        if err.filename is None or os.environ.get("LIT_MNIST_DEBUG"):
+            raise
+        print(f"error: cannot use {err.filename}: {err.strerror}.", file=sys.stderr)
         raise SystemExit(1) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import pytest
+import torch
 from conftest import REPO
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -43,3 +44,20 @@ def test_tensorboard_event_file_has_the_scalars(one_epoch):
     for tag in ("train/loss", "train/acc", "val/loss", "val/acc"):
         assert tag in tags
     assert 0.9 < events.Scalars("val/acc")[-1].value <= 1.0
+
+
+def test_epoch_metrics_cover_every_batch(tiny_mnist):
+    """train/ and val/ metrics are over the whole epoch, not over the batch they were logged on."""
+    L.seed_everything(0)
+    model = MLP(optimizer=lambda params: torch.optim.SGD(params, lr=0.0))  # weights stay fixed
+    data = MNISTDataModule(data_dir=str(tiny_mnist), batch_size=16, eval_batch_size=8, val_size=40)
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(model, data)
+    for split in ("train", "val"):
+        images, labels = data.splits[split]
+        with torch.no_grad():
+            logits = model(images.unsqueeze(1).float() / 255)
+        expected_acc = (logits.argmax(1) == labels).float().mean()
+        expected_loss = torch.nn.functional.cross_entropy(logits, labels)
+        torch.testing.assert_close(trainer.callback_metrics[f"{split}/acc"], expected_acc)
+        torch.testing.assert_close(trainer.callback_metrics[f"{split}/loss"], expected_loss)

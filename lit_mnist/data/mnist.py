@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import MNIST
 from torchvision.datasets.utils import extract_archive
 
+from lit_mnist.data.images import load_image_folder
 from lit_mnist.data.loader import batch_loader
 from lit_mnist.errors import LitMNISTError
 
@@ -157,6 +158,8 @@ class MNISTDataModule(L.LightningDataModule):
             ``(shuffle_seed, e)``. ``None`` takes the seed given to ``seed_everything``.
         standardize: Subtract the training-set mean and divide by its standard deviation after
             scaling to [0, 1].
+        predict_dir: A folder of the user's own PNG/JPEG digits to predict instead of the test
+            set (see ``lit_mnist.data.images``); their file names are in ``predict_names``.
     """
 
     def __init__(
@@ -168,6 +171,7 @@ class MNISTDataModule(L.LightningDataModule):
         split_seed: int = 42,
         shuffle_seed: int | None = None,
         standardize: bool = False,
+        predict_dir: str | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
@@ -183,10 +187,13 @@ class MNISTDataModule(L.LightningDataModule):
         self.split_seed = split_seed
         self.shuffle_seed = shuffle_seed
         self.standardize = standardize
-        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.predict_dir = predict_dir
+        self.predict_names: list[str] | None = None
+        self.splits: dict[str, tuple[torch.Tensor, ...]] = {}
 
     def prepare_data(self) -> None:
-        ensure_mnist_files(self.data_dir)
+        if not (self.predict_dir and self.trainer is not None and self.trainer.predicting):
+            ensure_mnist_files(self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", "validate", None) and "train" not in self.splits:
@@ -200,7 +207,10 @@ class MNISTDataModule(L.LightningDataModule):
             val, train = order[: self.val_size], order[self.val_size :]
             self.splits["train"] = images[train], labels[train]
             self.splits["val"] = images[val], labels[val]
-        if stage in ("test", "predict", None) and "test" not in self.splits:
+        if stage == "predict" and self.predict_dir is not None:
+            images, self.predict_names = load_image_folder(self.predict_dir)
+            self.splits["predict"] = (images,)
+        elif stage in ("test", "predict", None) and "test" not in self.splits:
             self.splits["test"] = load_mnist(self.data_dir, train=False)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
@@ -227,7 +237,10 @@ class MNISTDataModule(L.LightningDataModule):
         return self._loader("test", self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size)
+        return self._loader("predict" if "predict" in self.splits else "test", self.eval_batch_size)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return tuple(t.to(device, non_blocking=True) for t in batch)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, *rest = batch

@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+
+from lit_mnist.errors import LitMNISTError
 
 
 def _describe(value: Any) -> Any:
@@ -33,12 +36,16 @@ class MNISTClassifier(L.LightningModule):
     Adam, RMSprop or SGD and their arguments without touching code.
 
     Inputs are float images ``[B, 1, 28, 28]`` in [0, 1] (the data module scales them).
+
+    Networks whose outputs are not logits override ``compute_loss`` and ``probabilities``;
+    ``optimizer=None`` is for subclasses that update their weights themselves (manual
+    optimization), and makes ``configure_optimizers`` return nothing.
     """
 
     def __init__(
         self,
         net: nn.Module,
-        optimizer: OptimizerCallable = torch.optim.Adam,
+        optimizer: OptimizerCallable | None = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         num_classes: int = 10,
     ) -> None:
@@ -53,41 +60,150 @@ class MNISTClassifier(L.LightningModule):
         self.example_input_array = torch.zeros(1, 1, 28, 28)
         self.metrics = nn.ModuleDict()
         for split in ("train", "val", "test"):
-            self.metrics[f"{split}_loss"] = MeanMetric()
-            self.metrics[f"{split}_acc"] = MulticlassAccuracy(num_classes, average="micro")
+            self.metrics[f"{split}_loss"] = MeanMetric(nan_strategy="disable")
+            self.metrics[f"{split}_acc"] = MulticlassAccuracy(
+                num_classes, average="micro", validate_args=False
+            )
+        self._logged_this_epoch: set[str] = set()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def compute_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the logits ``outputs`` against the class labels ``targets``."""
+        return F.cross_entropy(outputs, targets)
+
+    def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``[B, num_classes]`` from the network's outputs (softmax of logits)."""
+        return outputs.softmax(dim=-1)
+
     def _shared_step(self, batch: Any, split: str) -> torch.Tensor:
+        return self._step(batch, split)[0]
+
+    def _step(self, batch: Any, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's loss and detached class probabilities; updates and logs the split's metrics."""
         x, y = batch[0], batch[1]
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        outputs = self(x)
+        loss = self.compute_loss(outputs, y)
         loss_metric, acc_metric = self.metrics[f"{split}_loss"], self.metrics[f"{split}_acc"]
         loss_metric.update(loss.detach(), weight=len(y))
-        acc_metric.update(logits.detach(), y)
-        for name, metric in (("loss", loss_metric), ("acc", acc_metric)):
-            self.log(f"{split}/{name}", metric, on_step=False, on_epoch=True, prog_bar=split != "test")
-        return loss
+        probs = self.probabilities(outputs.detach())
+        acc_metric.update(probs, y)
+        if split not in self._logged_this_epoch:
+            # Lightning computes a logged Metric over all of its updates at the end of the epoch, so
+            # logging it once per epoch is enough and saves the per-call cost of self.log at every step.
+            self._logged_this_epoch.add(split)
+            for name, metric in (("loss", loss_metric), ("acc", acc_metric)):
+                self.log(f"{split}/{name}", metric, on_step=False, on_epoch=True, prog_bar=split != "test")
+        return loss, probs
+
+    def on_train_epoch_start(self) -> None:
+        self._logged_this_epoch.discard("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._logged_this_epoch.discard("val")
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self._stop_if_diverged()
+
+    def on_train_epoch_end(self) -> None:
+        self._stop_if_diverged()
+
+    def _stop_if_diverged(self) -> None:
+        """Stop fit once the epoch's training loss is NaN or infinite, before a checkpoint is written.
+
+        Runs where checkpoints are saved next (validation end, or epoch end without validation),
+        so the last checkpoint on disk keeps the last good weights.
+        """
+        train_loss = self.metrics["train_loss"]
+        if not train_loss.update_called:
+            return
+        loss = train_loss.compute()
+        if torch.isfinite(loss):
+            return
+        rates = [group["lr"] for opt in self.trainer.optimizers for group in opt.param_groups]
+        lr = rates[0] if rates else getattr(self, "lr", None)
+        hint = f" ({lr:g}); try e.g. {lr / 100:g}" if isinstance(lr, float) else ""
+        raise LitMNISTError(
+            f"Training stopped in epoch {self.current_epoch + 1}: the training loss became {loss.item()}. "
+            f"The learning rate is probably too high{hint} "
+            "(--model.init_args.optimizer.init_args.lr). Checkpoints of earlier epochs are kept."
+        )
+
+    def on_test_epoch_start(self) -> None:
+        self._logged_this_epoch.discard("test")
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train")
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """The batch's detached class probabilities, for callbacks' ``on_validation_batch_end``."""
+        return self._step(batch, "val")[1]
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """The batch's detached class probabilities, for callbacks' ``on_test_batch_end``."""
+        return self._step(batch, "test")[1]
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Softmax probabilities and the predicted digit, plus the true label when the batch has one."""
-        probs = self(batch[0]).softmax(dim=-1)
+        """Class probabilities and the predicted class, plus the true label when the batch has one."""
+        probs = self.probabilities(self(batch[0]))
         out: dict[str, Any] = {"probs": probs, "pred": probs.argmax(dim=-1)}
         if len(batch) > 1:
             out["target"] = batch[1]
         return out
 
+    def predict_proba(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Class probabilities ``[N, num_classes]`` for a batch of inputs, on the model's device.
+
+        For image models (``example_input_array`` of shape ``[1, 1, H, W]``, 28×28 for MNIST),
+        ``x`` is a tensor or numpy array ``[N, H, W]``, ``[N, 1, H, W]`` or one image ``[H, W]``.
+        Pixels are read as [0, 255] when ``x`` is uint8 or any value is above 1, else as
+        [0, 1], and scaled to [0, 1] as ``MNISTDataModule`` does. They are not standardized:
+        for a model trained with ``standardize=True``, standardize the [0, 1] images yourself
+        and call the model itself. Other models take ``[N, *example_input_array.shape[1:]]``
+        as it is. Runs in evaluation mode without gradients and leaves the model in the mode
+        it was in.
+
+        Raises:
+            ValueError: ``x`` has another shape; the message names the expected one.
+        """
+        x = self._model_input(x)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                return self.probabilities(self(x))
+        finally:
+            self.train(was_training)
+
+    def predict(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """The predicted class ``[N]`` (int64, on the model's device); ``x`` as for ``predict_proba``."""
+        return self.predict_proba(x).argmax(dim=-1)
+
+    def _model_input(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        x = torch.as_tensor(x)
+        item = tuple(self.example_input_array.shape[1:])
+        if len(item) == 3 and item[0] == 1:
+            h, w = item[1:]
+            if x.ndim == 2:
+                x = x.unsqueeze(0)
+            if x.ndim == 3:
+                x = x.unsqueeze(1)
+            if x.ndim != 4 or tuple(x.shape[1:]) != item:
+                raise ValueError(
+                    f"expected images of shape [N, {h}, {w}], [N, 1, {h}, {w}] or [{h}, {w}], "
+                    f"got {list(x.shape)}"
+                )
+            scale = x.dtype == torch.uint8 or bool(x.numel() and x.max() > 1)
+            x = x.to(self.device, torch.float32)
+            return x / 255 if scale else x
+        if x.ndim != len(item) + 1 or tuple(x.shape[1:]) != item:
+            expected = ", ".join(map(str, item))
+            raise ValueError(f"expected inputs of shape [N, {expected}], got {list(x.shape)}")
+        return x.to(self.device, torch.float32)
+
     def configure_optimizers(self) -> Any:
+        if self.optimizer is None:
+            return None
         optimizer = self.optimizer(self.parameters())
         if self.lr_scheduler is None:
             return optimizer

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from lit_mnist.errors import LitMNISTError
 from lit_mnist.models.classifier import MNISTClassifier
 
 Activation = Literal["relu", "sigmoid", "tanh"]
@@ -20,12 +21,24 @@ def mlp_network(
     activation: Activation = "relu",
     in_features: int = 28 * 28,
     num_classes: int = 10,
+    dropout: Sequence[float] = (),
 ) -> nn.Sequential:
-    """``Flatten → [Dense(h) → activation] × len(hidden_sizes) → Dense(num_classes)`` logits."""
+    """``Flatten → [Dense(h) → activation (→ Dropout)] × len(hidden_sizes) → Dense(num_classes)`` logits.
+
+    ``dropout`` gives each hidden layer's drop probability (PyTorch's ``p``, TF1's 1 − keep_prob);
+    empty means none, and a 0 leaves that layer without a ``Dropout`` module.
+    """
+    if dropout and len(dropout) != len(hidden_sizes):
+        raise LitMNISTError(
+            f"dropout has {len(dropout)} values but there are {len(hidden_sizes)} hidden layers: "
+            "give one drop probability per hidden layer (0 for none)."
+        )
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
-    for size in hidden_sizes:
+    for size, p in zip(hidden_sizes, dropout or [0.0] * len(hidden_sizes), strict=True):
         layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
+        if p:
+            layers.append(nn.Dropout(p))
         width = size
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)

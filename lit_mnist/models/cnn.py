@@ -1,0 +1,81 @@
+"""Seed 002's convolutional network."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from lit_mnist.models.classifier import MNISTClassifier
+
+
+def cnn_network(
+    channels: Sequence[int] = (32, 64, 128),
+    hidden_size: int = 625,
+    conv_dropout: float = 0.2,
+    hidden_dropout: float = 0.5,
+    image_size: int = 28,
+    num_classes: int = 10,
+) -> nn.Sequential:
+    """Conv blocks, then a dense hidden layer, as seed 002's code runs them::
+
+        [Conv 3×3 'same' → ReLU → MaxPool 2×2 'same' (→ Dropout conv_dropout)] × len(channels)
+        → Flatten → Dense(hidden_size) → ReLU → Dropout(hidden_dropout) → Dense(num_classes)
+
+    Every block but the last ends in dropout: the seed builds the last block's dropout but
+    flattens the tensor from before it. TF's 'SAME' 2×2 pooling halves rounding up
+    (28 → 14 → 7 → 4), which is ``MaxPool2d(2, ceil_mode=True)``; with the defaults the dense
+    layer sees 128 × 4 × 4 = 2,048 features.
+    """
+    layers: list[nn.Module] = []
+    in_channels, size = 1, image_size
+    for i, out_channels in enumerate(channels):
+        layers += [
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding="same"),
+            nn.ReLU(),
+            nn.MaxPool2d(2, ceil_mode=True),
+        ]
+        if i < len(channels) - 1:
+            layers.append(nn.Dropout(conv_dropout))
+        in_channels, size = out_channels, -(-size // 2)
+    layers += [
+        nn.Flatten(),
+        nn.Linear(in_channels * size * size, hidden_size),
+        nn.ReLU(),
+        nn.Dropout(hidden_dropout),
+        nn.Linear(hidden_size, num_classes),
+    ]
+    return nn.Sequential(*layers)
+
+
+class CNN(MNISTClassifier):
+    """Seed 002's convolutional network (``cnn_network``'s defaults are the seed's numbers).
+
+    Three blocks of 3×3 convolutions with 32, 64 and 128 filters, ReLU and 2×2 max-pooling,
+    TF1 ``keep_rate_conv`` 0.8 (dropout 0.2) after the first two blocks only, because the seed
+    flattens the third block's output before its dropout; then 625 ReLU units, dropout 0.5
+    (``keep_rate_hidden`` 0.5) and 10 logits. The seed trains with RMSprop(0.001, 0.9), batch 50,
+    10 epochs, and reports 99.13 % test accuracy: ``configs/cnn.yaml`` sets that optimizer (the
+    constructor's default is the base class's Adam).
+
+    What differs from TensorFlow: the seed's weights are N(0, 0.01) with no biases, PyTorch's
+    layers have biases and initialise both from U(-1/√fan_in, 1/√fan_in); TF1's RMSprop starts
+    its mean square at 1 with epsilon 1e-10 (PyTorch: 0 and 1e-8); images are NCHW here, NHWC
+    there, so the 2,048 features are flattened in a different (equally learnable) order; the
+    seed trains on TF1's first 55,000 training images in a fixed order where ``MNISTDataModule``
+    shuffles its own split each epoch.
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[int] = (32, 64, 128),
+        hidden_size: int = 625,
+        conv_dropout: float = 0.2,
+        hidden_dropout: float = 0.5,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        network = cnn_network(channels, hidden_size, conv_dropout, hidden_dropout)
+        super().__init__(network, optimizer, lr_scheduler)

@@ -1,0 +1,47 @@
+"""Fully connected networks with dropout: seed 003's Keras model and seed 002's "modern" net."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from lit_mnist.models.classifier import MNISTClassifier
+from lit_mnist.models.mlp import Activation, mlp_network
+
+
+class DropoutMLP(MNISTClassifier):
+    """Seed 003's network; its defaults are the seed's Keras stack::
+
+        tf.keras.Sequential([Flatten(input_shape=(28, 28)),
+                             Dense(128, activation='relu'),
+                             Dropout(0.2),
+                             Dense(10)])                     # 101,770 parameters
+
+    trained with Adam (lr 1e-3), batch 32, 5 epochs (``configs/dropout.yaml``).
+
+    ``dropout`` holds one drop probability per hidden layer (0: no dropout after that layer).
+    Seed 002's "modern" net, ``784 → 625 relu → dropout → 625 relu → 10`` with TF1
+    ``keep_prob`` 0.4 (``dropout=[0.6, 0]``) and RMSprop(0.001, 0.9), batch 100, 50 epochs, is
+    ``configs/modern_mlp.yaml``. That seed also builds a dropout of the input with keep_prob 0.7
+    but feeds the undropped input to the first layer, so the port, like the seed's code as it
+    runs, has no input dropout.
+
+    What differs from TensorFlow: ``nn.Linear`` initialises weights and biases from
+    U(-1/√fan_in, 1/√fan_in), where Keras (seed 003) uses Glorot-uniform weights and zero biases
+    and seed 002 draws N(0, 0.01) weights and has no biases at all. For seed 002, TF1's RMSprop
+    starts its mean square at 1 with epsilon 1e-10 (PyTorch: 0 and 1e-8), and the seed trains on
+    TF1's first 55,000 training images in a fixed order where ``MNISTDataModule`` shuffles its
+    own split each epoch.
+    """
+
+    def __init__(
+        self,
+        hidden_sizes: Sequence[int] = (128,),
+        dropout: Sequence[float] = (0.2,),
+        activation: Activation = "relu",
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__(mlp_network(hidden_sizes, activation, dropout=dropout), optimizer, lr_scheduler)

@@ -1,0 +1,273 @@
+"""The model zoo: sizes, learning, the hand-written autograd updates, the blobs, and every config."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import REPO, run_cli
+from torch import nn
+
+from lit_mnist import CNN, MLP, BlobsDataModule, DropoutMLP, LinearClassifier, ScratchMLP
+from lit_mnist.data import batch_loader, load_mnist
+from lit_mnist.errors import LitMNISTError
+from lit_mnist.models import MNISTClassifier, mlp_network
+
+
+def dense(n_in: int, n_out: int) -> int:
+    """Parameters of a dense layer with bias."""
+    return n_in * n_out + n_out
+
+
+def conv3x3(c_in: int, c_out: int) -> int:
+    return 3 * 3 * c_in * c_out + c_out
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    return L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """64 real test digits, scaled as the data module scales them, and their labels."""
+    images, labels = load_mnist(REPO / "data", train=False)
+    return images[:64].unsqueeze(1).float() / 255, labels[:64]
+
+
+SIZES = [
+    pytest.param(MLP, 136_074, id="mlp-seed000"),
+    pytest.param(lambda: MLP([512]), dense(784, 512) + dense(512, 10), id="mlp-dense512"),
+    pytest.param(lambda: MLP([620], "sigmoid"), dense(784, 620) + dense(620, 10), id="mlp-fc_sigmoid"),
+    pytest.param(DropoutMLP, 101_770, id="dropout-seed003"),
+    pytest.param(
+        lambda: DropoutMLP([625, 625], [0.6, 0.0]),
+        dense(784, 625) + dense(625, 625) + dense(625, 10),
+        id="dropout-modern",
+    ),
+    pytest.param(
+        CNN,
+        conv3x3(1, 32) + conv3x3(32, 64) + conv3x3(64, 128) + dense(128 * 4 * 4, 625) + dense(625, 10),
+        id="cnn",
+    ),
+    pytest.param(ScratchMLP, dense(784, 512) + dense(512, 10), id="scratch"),
+    pytest.param(LinearClassifier, dense(784, 10), id="linear-mnist"),
+]
+
+
+@pytest.mark.parametrize(("make", "n_params"), SIZES)
+def test_mnist_model_size_and_output_shape(make: Callable[[], MNISTClassifier], n_params: int):
+    model = make()
+    assert sum(p.numel() for p in model.parameters()) == n_params
+    assert tuple(model.example_input_array.shape) == (1, 1, 28, 28)
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_blobs_model_is_affine_2_to_1():
+    model = LinearClassifier(num_inputs=2, num_outputs=1, loss="mse", lr=0.1)
+    assert tuple(model.example_input_array.shape) == (1, 2)
+    assert sum(p.numel() for p in model.parameters()) == 3
+    x = torch.randn(5, 2)
+    weight, bias = model.net[1].weight, model.net[1].bias
+    torch.testing.assert_close(model(x), x @ weight.T + bias)
+
+
+def test_cnn_flattens_before_the_third_dropout():
+    net = CNN().net
+    kinds = [type(m).__name__ for m in net]
+    block = ["Conv2d", "ReLU", "MaxPool2d"]
+    head = ["Flatten", "Linear", "ReLU", "Dropout", "Linear"]
+    assert kinds == [*block, "Dropout", *block, "Dropout", *block, *head]
+    assert [m.p for m in net if isinstance(m, nn.Dropout)] == [0.2, 0.2, 0.5]
+    assert net[:11](torch.zeros(1, 1, 28, 28)).shape == (1, 128, 4, 4)
+
+
+def test_modern_mlp_drops_after_the_first_hidden_layer_only():
+    kinds = [type(m).__name__ for m in DropoutMLP([625, 625], [0.6, 0.0]).net]
+    assert kinds == ["Flatten", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Linear"]
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(LitMNISTError, match="one drop probability per hidden layer"):
+        mlp_network([625, 625], dropout=[0.6])
+    with pytest.raises(LitMNISTError, match="mse"):
+        LinearClassifier(num_outputs=10, loss="mse")
+
+
+OVERFIT = [
+    pytest.param(MLP, id="mlp"),
+    pytest.param(lambda: MLP([620], "sigmoid"), id="mlp-sigmoid"),
+    pytest.param(DropoutMLP, id="dropout"),
+    pytest.param(lambda: DropoutMLP([625, 625], [0.6, 0.0]), id="dropout-modern"),
+    pytest.param(CNN, id="cnn"),
+    pytest.param(ScratchMLP, id="scratch"),  # the seed's lr 1e-3
+    pytest.param(lambda: LinearClassifier(lr=0.5), id="linear-mnist"),
+]
+
+
+@pytest.mark.parametrize("make", OVERFIT)
+def test_loss_on_64_digits_halves_in_20_steps(make: Callable[[], MNISTClassifier], digits):
+    x, y = digits
+    torch.manual_seed(0)
+    model = make()
+
+    def loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            value = model.compute_loss(model(x), y).item()
+        model.train()
+        return value
+
+    before = loss()
+    trainer = quiet_trainer(max_steps=20, max_epochs=20)
+    trainer.fit(model, batch_loader(x, y, batch_size=64))
+    assert trainer.global_step == 20
+    assert loss() < before / 2
+
+
+def test_linear_classifier_reproduces_seed_004_on_the_blobs():
+    """40 full-batch steps of lr 0.1: the seed's loss of about 0.025, above 99 % of points right."""
+    torch.manual_seed(0)
+    model = LinearClassifier(num_inputs=2, num_outputs=1, loss="mse", lr=0.1)
+    trainer = quiet_trainer(max_epochs=40, log_every_n_steps=1)
+    trainer.fit(model, BlobsDataModule(seed=0))
+    assert trainer.global_step == 40
+    assert trainer.callback_metrics["val/loss"] < 0.035
+    assert trainer.callback_metrics["val/acc"] >= 0.99
+
+
+HAND_MODELS = [
+    pytest.param(lambda: ScratchMLP(lr=1e-3), "digits", id="scratch"),
+    pytest.param(lambda: LinearClassifier(lr=0.05), "digits", id="linear-mnist"),
+    pytest.param(lambda: LinearClassifier(2, 1, "mse", lr=0.1), "blobs", id="linear-blobs"),
+]
+
+
+@pytest.mark.parametrize(("make", "data"), HAND_MODELS)
+def test_hand_update_is_one_sgd_step(make: Callable[[], MNISTClassifier], data: str, digits):
+    x, y = digits if data == "digits" else BlobsDataModule(num_points_per_class=32).points
+    torch.manual_seed(0)
+    model = make()
+    initial = [p.detach().clone() for p in model.parameters()]
+    reference = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=model.lr)
+    reference.compute_loss(reference(x), y).backward()
+    optimizer.step()
+
+    trainer = quiet_trainer(max_steps=1, max_epochs=1)
+    trainer.fit(model, batch_loader(x, y, batch_size=len(y)))
+
+    assert trainer.global_step == 1
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        assert p.grad is None, name
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=name)
+    assert all(not torch.equal(p, p0) for p, p0 in zip(model.parameters(), initial, strict=True))
+
+
+def test_hand_update_runs_under_bf16_autocast(digits):
+    x, y = digits
+    model = ScratchMLP()
+    start = [p.detach().clone() for p in model.parameters()]
+    quiet_trainer(max_steps=2, max_epochs=1, precision="bf16-mixed").fit(
+        model, batch_loader(x, y, batch_size=32)
+    )
+    for p, p0 in zip(model.parameters(), start, strict=True):
+        assert p.dtype == torch.float32
+        assert not torch.equal(p, p0)
+
+
+def test_scratch_loss_is_keras_cross_entropy_on_probabilities():
+    model = ScratchMLP()
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.0, 1.0, 0.0]])
+    labels = torch.tensor([0, 0])
+    clipped = probs.clamp(1e-7, 1 - 1e-7)
+    keras = -(clipped / clipped.sum(1, keepdim=True))[torch.arange(2), labels].log().mean()
+    torch.testing.assert_close(model.compute_loss(probs, labels), keras)
+    assert model.probabilities(probs) is probs
+
+
+def test_mse_score_above_half_is_class_one():
+    model = LinearClassifier(num_inputs=2, num_outputs=1, loss="mse")
+    scores = torch.tensor([[0.7], [0.3], [-0.2], [1.3]])
+    probs = model.probabilities(scores)
+    assert probs.argmax(dim=-1).tolist() == [1, 0, 0, 1]
+    torch.testing.assert_close(probs.sum(dim=-1), torch.ones(4))
+    assert ((probs >= 0) & (probs <= 1)).all()
+
+
+def test_blobs_are_the_seeds_clouds_and_seeded():
+    data = BlobsDataModule(seed=0)
+    points, labels = data.points
+    assert points.shape == (2000, 2) and points.dtype == torch.float32
+    assert labels.tolist() == [0] * 1000 + [1] * 1000
+    torch.testing.assert_close(points[:1000].mean(0), torch.tensor([0.0, 3.0]), atol=0.1, rtol=0)
+    torch.testing.assert_close(points[1000:].mean(0), torch.tensor([3.0, 0.0]), atol=0.1, rtol=0)
+    centred = points[:1000] - points[:1000].mean(0)
+    torch.testing.assert_close(
+        centred.T @ centred / 999, torch.tensor([[1.0, 0.5], [0.5, 1.0]]), atol=0.1, rtol=0
+    )
+    assert torch.equal(BlobsDataModule(seed=0).points[0], points)
+    assert not torch.equal(BlobsDataModule(seed=1).points[0], points)
+
+
+def test_blobs_batches_are_the_whole_set_unscaled():
+    data = BlobsDataModule(seed=0)
+    for loader in (data.train_dataloader(), data.val_dataloader(), data.predict_dataloader()):
+        (x, y), *more = list(loader)
+        assert not more
+        assert x.shape == (2000, 2) and y.shape == (2000,)
+    x, y = next(iter(data.val_dataloader()))
+    assert torch.equal(x, data.points[0])
+    batch = data.on_after_batch_transfer((x, y), 0)
+    assert torch.equal(batch[0], x)
+
+
+MODEL_CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
+TRAINER_CONFIGS = sorted(p.name for p in (REPO / "configs" / "trainer").glob("*.yaml") if "ddp" not in p.name)
+#: Each trainer config is composed onto one model config, so every YAML runs without paying a
+#: process start for each trainer config alone; gpu and tpu run with the accelerator set to cpu.
+TRAINER_FOR = {"mlp.yaml": "cpu.yaml", "cnn.yaml": "gpu.yaml", "scratch.yaml": "tpu.yaml"}
+
+
+def test_every_seed_model_and_trainer_has_a_config():
+    seeds = {
+        "mlp",
+        "linear_blobs",
+        "linear",
+        "dense512",
+        "fc_sigmoid",
+        "dropout",
+        "modern_mlp",
+        "cnn",
+        "scratch",
+    }
+    assert {Path(name).stem for name in MODEL_CONFIGS} >= seeds
+    assert sorted(TRAINER_FOR.values()) == TRAINER_CONFIGS == ["cpu.yaml", "gpu.yaml", "tpu.yaml"]
+
+
+@pytest.mark.parametrize("config", MODEL_CONFIGS)
+def test_config_runs(config: str, tmp_path: Path):
+    """``fit`` with ``fast_dev_run``: one training and one validation batch, then the test batch."""
+    args = ["--config", f"configs/{config}"]
+    trainer = TRAINER_FOR.get(config)
+    if trainer is not None:
+        args += ["--config", f"configs/trainer/{trainer}"]
+        if trainer != "cpu.yaml":
+            args.append("--trainer.accelerator=cpu")
+    result = run_cli(
+        "fit", *args,
+        "--trainer.fast_dev_run=true", "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Test accuracy" in result.stdout
