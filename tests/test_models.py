@@ -138,11 +138,11 @@ def test_loss_on_64_digits_halves_in_20_steps(make: Callable[[], MNISTClassifier
 def test_linear_classifier_reproduces_seed_004_on_the_blobs():
     """40 full-batch steps of lr 0.1: the seed's loss of about 0.025, above 99 % of points right."""
     torch.manual_seed(0)
-    model = LinearClassifier(num_inputs=2, num_outputs=1, loss="mse", lr=0.1)
+    model = LinearClassifier(num_inputs=2, num_outputs=1, loss="mse", lr=0.1, uniform_init=True)
     trainer = quiet_trainer(max_epochs=40, log_every_n_steps=1)
     trainer.fit(model, BlobsDataModule(seed=0))
     assert trainer.global_step == 40
-    assert trainer.callback_metrics["val/loss"] < 0.035
+    assert trainer.callback_metrics["val/loss"] < 0.029  # Keras today: 0.0268
     assert trainer.callback_metrics["val/acc"] >= 0.99
 
 

@@ -32,8 +32,9 @@ class LinearClassifier(HandSGDClassifier):
     ``[B, 2]`` both work.
 
     What differs from TensorFlow: ``nn.Linear``'s weights and bias start from
-    U(-1/√num_inputs, 1/√num_inputs); seed 004 starts W from U[0, 1) and b at 0 (both reach
-    the same loss in 40 steps), and seed 002 draws W from N(0, 0.01) and has no bias. Seed 002
+    U(-1/√num_inputs, 1/√num_inputs); ``uniform_init=True`` starts W from U[0, 1) and b at 0 as
+    seed 004 does (``configs/linear_blobs.yaml`` sets it), and seed 002 draws W from N(0, 0.01)
+    and has no bias. Seed 002
     trains on TF1's first 55,000 images in a fixed order; ``MNISTDataModule`` shuffles its own
     split each epoch.
     """
@@ -44,12 +45,16 @@ class LinearClassifier(HandSGDClassifier):
         num_outputs: int = 10,
         loss: Loss = "cross_entropy",
         lr: float = 0.05,
+        uniform_init: bool = False,
     ) -> None:
         if loss == "mse" and num_outputs != 1:
             raise LitMNISTError(f"loss 'mse' needs num_outputs 1 (a 0/1 score), got {num_outputs}.")
         if loss == "cross_entropy" and num_outputs < 2:
             raise LitMNISTError(f"loss 'cross_entropy' needs 2 or more outputs, got {num_outputs}.")
         net = nn.Sequential(nn.Flatten(), nn.Linear(num_inputs, num_outputs))
+        if uniform_init:
+            nn.init.uniform_(net[1].weight, 0.0, 1.0)
+            nn.init.zeros_(net[1].bias)
         super().__init__(net, lr, num_classes=2 if loss == "mse" else num_outputs)
         self.loss_name = loss
         if num_inputs != 28 * 28:
