@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import pickle
 from pathlib import Path
 from typing import Any
@@ -34,3 +35,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise LitMNISTError(f"{path} is not a Lightning checkpoint: it has no state_dict.")
     return checkpoint
+
+
+def import_class_path(class_path: str) -> Any:
+    """The object a dotted ``module.Name`` path names, or ``None`` when it cannot be imported."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None

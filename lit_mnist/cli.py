@@ -10,7 +10,6 @@ newest ``last.ckpt`` of the run, and problems the user can fix are reported in o
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
@@ -26,7 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from lit_mnist import export
 from lit_mnist.callbacks import KerasModelSummary, LineProgressBar, PredictionWriter, TensorBoardFigures
-from lit_mnist.checkpoint import read_checkpoint
+from lit_mnist.checkpoint import import_class_path, read_checkpoint
 from lit_mnist.errors import LitMNISTError
 from lit_mnist.models.classifier import MNISTClassifier
 
@@ -173,7 +172,10 @@ def _check_model_class(checkpoint: dict[str, Any], path: str | Path, model: Any)
     """
     saved = checkpoint.get("hyper_parameters", {}).get("_class_path")
     wanted = model.get("class_path") if isinstance(model, Namespace) else None
-    if saved and wanted and _import(saved) is not _import(wanted):
+    if not (saved and wanted):
+        return
+    saved_class, wanted_class = import_class_path(saved), import_class_path(wanted)
+    if (saved_class is not wanted_class) if saved_class and wanted_class else saved != wanted:
         raise LitMNISTError(
             f"{path} was saved from a {saved} model but the config asks for {wanted}: "
             "use the config the checkpoint was trained with."
@@ -187,14 +189,6 @@ def _check_writable(folder: Path) -> None:
             pass
     except OSError as err:
         raise LitMNISTError(f"Cannot write to the log folder {folder}: {err.strerror}.") from None
-
-
-def _import(class_path: str) -> Any:
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return class_path
 
 
 def run_name(config: Namespace) -> str:

@@ -10,7 +10,6 @@ images in [0, 1], standardized if the run used ``data.standardize``) and returns
 from __future__ import annotations
 
 import argparse
-import importlib
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lit_mnist.checkpoint import read_checkpoint
+from lit_mnist.checkpoint import import_class_path, read_checkpoint
 from lit_mnist.data.mnist import MNISTDataModule, load_mnist
 from lit_mnist.errors import LitMNISTError
 from lit_mnist.models.classifier import MNISTClassifier
@@ -49,11 +48,9 @@ def load_model(ckpt_path: str | Path, checkpoint: dict[str, Any]) -> MNISTClassi
             f"{ckpt_path} does not record its model class (_class_path): export needs a "
             "checkpoint written by python -m lit_mnist fit."
         )
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        model_class = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError):
-        raise LitMNISTError(f"{ckpt_path} was saved from {class_path}, which cannot be imported.") from None
+    model_class = import_class_path(class_path)
+    if model_class is None:
+        raise LitMNISTError(f"{ckpt_path} was saved from {class_path}, which cannot be imported.")
     if not (isinstance(model_class, type) and issubclass(model_class, MNISTClassifier)):
         raise LitMNISTError(f"{ckpt_path} was saved from {class_path}, which is not an MNISTClassifier.")
     return model_class.load_from_checkpoint(ckpt_path, map_location="cpu").eval()

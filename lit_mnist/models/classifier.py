@@ -77,9 +77,6 @@ class MNISTClassifier(L.LightningModule):
         """Class probabilities ``[B, num_classes]`` from the network's outputs (softmax of logits)."""
         return outputs.softmax(dim=-1)
 
-    def _shared_step(self, batch: Any, split: str) -> torch.Tensor:
-        return self._step(batch, split)[0]
-
     def _step(self, batch: Any, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's loss and detached class probabilities; updates and logs the split's metrics."""
         x, y = batch[0], batch[1]
@@ -99,6 +96,9 @@ class MNISTClassifier(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._logged_this_epoch.discard("train")
+
+    def on_test_epoch_start(self) -> None:
+        self._logged_this_epoch.discard("test")
 
     def on_validation_epoch_start(self) -> None:
         self._logged_this_epoch.discard("val")
@@ -129,11 +129,8 @@ class MNISTClassifier(L.LightningModule):
             "(--model.init_args.optimizer.init_args.lr). Checkpoints of earlier epochs are kept."
         )
 
-    def on_test_epoch_start(self) -> None:
-        self._logged_this_epoch.discard("test")
-
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+        return self._step(batch, "train")[0]
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """The batch's detached class probabilities, for callbacks' ``on_validation_batch_end``."""

@@ -30,7 +30,7 @@ class HandSGDClassifier(MNISTClassifier):
         self.lr = lr
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss = self._shared_step(batch, "train")
+        loss = self._step(batch, "train")[0]
         params = [p for p in self.parameters() if p.requires_grad]
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
