@@ -54,6 +54,7 @@ class _SaveConfigToRunFolder(SaveConfigCallback):
 
 class LitMNISTCLI(LightningCLI):
     def __init__(self, args: Any = None, run: bool = True) -> None:
+        _quiet_lightning_noise()
         callbacks = [] if sys.stdout.isatty() else [LineProgressBar()]
         callbacks += [KerasModelSummary(), TensorBoardFigures(), PredictionWriter()]
         super().__init__(
@@ -223,7 +224,6 @@ def _user_error_in(err: BaseException | None) -> LitMNISTError | None:
 
 def main(args: Any = None) -> None:
     """Entry point of ``python -m lit_mnist`` and the ``lit-mnist`` script."""
-    _quiet_lightning_noise()
     argv = sys.argv[1:] if args is None else args
     try:
         if isinstance(argv, list) and argv[:1] == ["export"]:
