@@ -20,12 +20,13 @@ from typing import Any
 
 import lightning as L
 from jsonargparse import Namespace
+from lightning.fabric.plugins.io import TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lit_mnist import export
 from lit_mnist.callbacks import KerasModelSummary, LineProgressBar, PredictionWriter, TensorBoardFigures
-from lit_mnist.checkpoint import import_class_path, read_checkpoint
+from lit_mnist.checkpoint import AtomicCheckpointIO, import_class_path, read_checkpoint
 from lit_mnist.errors import LitMNISTError
 from lit_mnist.models.classifier import MNISTClassifier
 
@@ -145,6 +146,8 @@ class LitMNISTCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if trainer.loggers:
             trainer.callbacks.append(LearningRateMonitor())
         return trainer

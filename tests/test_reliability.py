@@ -143,6 +143,14 @@ def test_hostile_checkpoint_is_refused_on_every_cli_path(subcommand, checkpoints
     assert not checkpoints["marker"].exists()
 
 
+def test_hostile_checkpoint_is_refused_by_export(checkpoints, capsys, tmp_path):
+    output = tmp_path / "model.onnx"
+    code, stderr = _main(capsys, "export", "--ckpt_path", str(checkpoints["payload"]), "--format", "onnx", "--output", str(output))
+    assert code == 1
+    assert f"Refusing to load {checkpoints['payload']}" in stderr
+    assert not checkpoints["marker"].exists() and not output.exists()
+
+
 def test_hostile_checkpoint_is_refused_by_load_from_checkpoint(checkpoints):
     with pytest.raises(Exception, match="Weights only load failed"):
         MNISTClassifier.load_from_checkpoint(checkpoints["payload"])
@@ -212,12 +220,16 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(delay, tmp_path, un
 
 
 def test_checkpoint_writes_are_atomic_under_sigkill(tmp_path):
-    """Lightning writes a checkpoint to a temporary file and renames it; a kill never leaves half a file."""
+    """A kill while a checkpoint is written leaves the previous file whole, never half of the new one.
+
+    Lightning's own writer is only atomic when the system temporary folder shares the checkpoint's
+    file system; the CLI uses AtomicCheckpointIO, which writes beside the target and renames it.
+    """
     target = tmp_path / "last.ckpt"
     writer = (
         "import sys, torch\n"
-        "from lightning.pytorch.plugins.io import TorchCheckpointIO\n"
-        "io = TorchCheckpointIO()\n"
+        "from lit_mnist.checkpoint import AtomicCheckpointIO\n"
+        "io = AtomicCheckpointIO()\n"
         "for i in range(1000):\n"
         "    io.save_checkpoint({'step': i, 'w': torch.full((20_000_000,), float(i))}, sys.argv[1])\n"
     )
@@ -231,6 +243,27 @@ def test_checkpoint_writes_are_atomic_under_sigkill(tmp_path):
         process.wait()
         checkpoint = torch.load(target, weights_only=True)
         assert torch.all(checkpoint["w"] == float(checkpoint["step"]))
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 600 kB tmpfs: too small for one checkpoint of the MLP (1.6 MB)."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)]).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_disk_full_names_the_checkpoint(full_disk):
+    result = run_cli(*FIT, *SHORT, "--trainer.logger.init_args.save_dir", str(full_disk))
+    assert result.returncode == 1
+    last = full_disk / "mlp" / "version_0" / "checkpoints"
+    assert f"error: cannot use {last}/" in result.stderr
+    assert "No space left on device" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(last.glob(".*partial"))
 
 
 def _fit_weights(data_dir: Path, seed: int) -> dict[str, torch.Tensor]:
