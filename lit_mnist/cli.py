@@ -125,9 +125,14 @@ class LitMNISTCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if ckpt_path is None or ckpt_path in CKPT_KEYWORDS:
             return
-        if ckpt_path != "last":
-            _check_model_class(read_checkpoint(ckpt_path), ckpt_path, config.model)
-            return
+        if ckpt_path == "last":
+            ckpt_path = self._find_last(config, logger)
+            if ckpt_path is None:
+                return
+        _check_model_class(read_checkpoint(ckpt_path), ckpt_path, config.model)
+
+    def _find_last(self, config: Namespace, logger: Any) -> Path | None:
+        """The newest ``last.ckpt`` of this run name; under ``fit`` the run resumes in its folder."""
         if not isinstance(logger, Namespace) or logger.init_args.get("save_dir") is None:
             raise LitMNISTError("--ckpt_path last needs a logger with a save_dir to find last.ckpt in.")
         run_dir = Path(logger.init_args.save_dir) / (logger.init_args.get("name") or "")
@@ -137,12 +142,12 @@ class LitMNISTCLI(LightningCLI):
                 raise LitMNISTError(f"--ckpt_path last: no last.ckpt under {run_dir}/version_*/checkpoints/.")
             print(f"No last.ckpt under {run_dir}/version_*/checkpoints/: training from scratch.")
             config.ckpt_path = None
-            return
+            return None
         config.ckpt_path = str(found[-1])
-        _check_model_class(read_checkpoint(found[-1]), found[-1], config.model)
         if self.config.subcommand == "fit":
             logger.init_args.version = found[-1].parent.parent.name
             print(f"Resuming from {found[-1]}")
+        return found[-1]
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)

@@ -39,10 +39,11 @@ def raw_folder(data_dir: str | Path) -> Path:
     return Path(data_dir) / "MNIST" / "raw"
 
 
-def _missing_files_message(folder: Path) -> str:
+def _missing_files_message(folder: Path, tried_download: bool) -> str:
     names = ", ".join(IDX_FILES)
+    what = "was not found in" + (f" {folder} and could not be downloaded" if tried_download else f" {folder}")
     return (
-        f"MNIST was not found in {folder} and could not be downloaded. Put the four files {names} "
+        f"MNIST {what}. Put the four files {names} "
         f"(or the same names with .gz) in that folder, or pass --data.data_dir pointing at a folder "
         "that has MNIST/raw/ inside."
     )
@@ -85,7 +86,7 @@ def ensure_mnist_files(data_dir: str | Path) -> Path:
             MNIST(str(root), train=True, download=True)
             MNIST(str(root), train=False, download=True)
     except Exception:
-        raise MNISTDataError(_missing_files_message(folder)) from None
+        raise MNISTDataError(_missing_files_message(folder, tried_download=True)) from None
     return folder
 
 
@@ -130,7 +131,7 @@ def load_mnist(data_dir: str | Path, train: bool) -> tuple[torch.Tensor, torch.T
     labels_file = folder / f"{prefix}-labels-idx1-ubyte"
     for path in (images_file, labels_file):
         if not path.exists():
-            raise MNISTDataError(_missing_files_message(folder))
+            raise MNISTDataError(_missing_files_message(folder, tried_download=False))
     n_images, n_labels = check_idx_file(images_file), check_idx_file(labels_file)
     if n_images != n_labels:
         raise MNISTDataError(f"{images_file} has {n_images} images but {labels_file} has {n_labels} labels.")
