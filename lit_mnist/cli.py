@@ -57,7 +57,7 @@ class LitMNISTCLI(LightningCLI):
     def __init__(self, args: Any = None, run: bool = True) -> None:
         _quiet_lightning_noise()
         callbacks = [] if sys.stdout.isatty() else [LineProgressBar()]
-        callbacks += [KerasModelSummary(), TensorBoardFigures(), PredictionWriter()]
+        callbacks += [KerasModelSummary(), PredictionWriter()]
         super().__init__(
             MNISTClassifier,
             L.LightningDataModule,
@@ -90,6 +90,7 @@ class LitMNISTCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(TensorBoardFigures, "figures")
         parser.set_defaults(
             {
                 "data": {"class_path": "lit_mnist.data.MNISTDataModule"},
@@ -218,6 +219,8 @@ def _quiet_lightning_noise() -> None:
     # TensorBoard's add_graph traces with torch.jit; PredictionWriter counts rows itself.
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices")
+    # model.init_args.steps_per_execution > 1 uses the dataloader_iter training step on purpose.
+    warnings.filterwarnings("ignore", message=r"(?s).*`dataloader_iter`.*(experimental|dragons)")
 
 
 def _user_error_in(err: BaseException | None) -> LitMNISTError | None:

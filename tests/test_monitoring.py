@@ -16,17 +16,19 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import onnxruntime
 import pytest
 import torch
 from conftest import REPO, run_cli
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.model_summary import ModelSummary
 from PIL import Image, ImageDraw
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_mnist import MLP, DropoutMLP
-from lit_mnist.callbacks import keras_summary
+from lit_mnist import MLP, DropoutMLP, MNISTDataModule
+from lit_mnist.callbacks import TensorBoardFigures, keras_summary
 from lit_mnist.cli import main as cli_main
 from lit_mnist.data import load_mnist
 from lit_mnist.data.images import load_image_folder, mnist_digit
@@ -346,3 +348,19 @@ def test_fit_without_tensorboard(tmp_path: Path, logger: str) -> None:
         (metrics,) = tmp_path.rglob("metrics.csv")
         header = metrics.read_text().splitlines()[0].split(",")
         assert {"lr-Adam", "val/acc", "test/acc"} <= set(header)
+
+
+def test_validation_figures_every_n_epochs_and_the_last(tiny_mnist: Path, tmp_path: Path) -> None:
+    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    trainer = L.Trainer(
+        max_epochs=5,
+        logger=logger,
+        callbacks=[TensorBoardFigures(every_n_epochs=2)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    data = MNISTDataModule(data_dir=str(tiny_mnist), batch_size=40, val_size=40)  # 2 steps per epoch
+    trainer.fit(MLP(), data)
+    events = EventAccumulator(str(tmp_path / "run" / "version_0"), size_guidance={"images": 0})
+    events.Reload()
+    assert [image.step for image in events.Images("val/confusion_matrix")] == [4, 8, 10]

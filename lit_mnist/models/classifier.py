@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -40,6 +42,17 @@ class MNISTClassifier(L.LightningModule):
     Networks whose outputs are not logits override ``compute_loss`` and ``probabilities``;
     ``optimizer=None`` is for subclasses that update their weights themselves (manual
     optimization), and makes ``configure_optimizers`` return nothing.
+
+    ``steps_per_execution`` is Keras' ``compile`` option of that name: each call Lightning makes
+    into ``training_step`` trains on that many batches, one optimizer step per batch, so
+    Lightning's per-call cost (hooks, progress tracking, its optimizer closure) is paid once per
+    ``steps_per_execution`` batches. The batches, their order and the updates are the same as
+    with 1, and so are the weights. The module then uses Lightning's manual optimization and
+    its ``dataloader_iter`` training step: the Trainer's ``gradient_clip_val`` and
+    ``accumulate_grad_batches`` are not available, ``ReduceLROnPlateau`` is refused, other
+    learning-rate schedulers are stepped here at their interval, callbacks'
+    ``on_train_batch_start/end`` run once per call (with its last batch), and training metrics
+    are updated once per call.
     """
 
     def __init__(
@@ -48,8 +61,11 @@ class MNISTClassifier(L.LightningModule):
         optimizer: OptimizerCallable | None = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         num_classes: int = 10,
+        steps_per_execution: int = 1,
     ) -> None:
         super().__init__()
+        if steps_per_execution < 1:
+            raise LitMNISTError(f"steps_per_execution must be 1 or more, got {steps_per_execution}.")
         self.save_hyperparameters(ignore=["net"])
         for key in ("optimizer", "lr_scheduler"):
             if key in self.hparams:
@@ -65,6 +81,11 @@ class MNISTClassifier(L.LightningModule):
                 num_classes, average="micro", validate_args=False
             )
         self._logged_this_epoch: set[str] = set()
+        self.steps_per_execution = steps_per_execution
+        if steps_per_execution > 1:
+            self.automatic_optimization = False
+            # Lightning passes its batch iterator to a training_step with a ``dataloader_iter`` argument.
+            self.training_step = self._training_steps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -82,17 +103,59 @@ class MNISTClassifier(L.LightningModule):
         x, y = batch[0], batch[1]
         outputs = self(x)
         loss = self.compute_loss(outputs, y)
-        loss_metric, acc_metric = self.metrics[f"{split}_loss"], self.metrics[f"{split}_acc"]
-        loss_metric.update(loss.detach(), weight=len(y))
         probs = self.probabilities(outputs.detach())
-        acc_metric.update(probs, y)
+        self._update_metrics(split, loss.detach(), probs, y, len(y))
+        return loss, probs
+
+    def _update_metrics(
+        self, split: str, loss: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor, weight: Any
+    ) -> None:
+        """Add batches' mean losses (weighted by ``weight``, their sizes) and predictions to the metrics."""
+        loss_metric, acc_metric = self.metrics[f"{split}_loss"], self.metrics[f"{split}_acc"]
+        loss_metric.update(loss, weight=weight)
+        acc_metric.update(probs, targets)
         if split not in self._logged_this_epoch:
             # Lightning computes a logged Metric over all of its updates at the end of the epoch, so
             # logging it once per epoch is enough and saves the per-call cost of self.log at every step.
             self._logged_this_epoch.add(split)
             for name, metric in (("loss", loss_metric), ("acc", acc_metric)):
-                self.log(f"{split}/{name}", metric, on_step=False, on_epoch=True, prog_bar=split != "test")
-        return loss, probs
+                self.log(
+                    f"{split}/{name}",
+                    metric,
+                    on_step=False,
+                    on_epoch=True,
+                    prog_bar=split != "test",
+                    batch_size=len(targets),  # unused for a Metric, but needed with dataloader_iter
+                )
+
+    def _training_steps(self, dataloader_iter: Iterator) -> None:
+        """``training_step`` for ``steps_per_execution`` > 1: up to that many batches, a step each."""
+        trainer = self.trainer
+        optimizer = self.optimizers()
+        step_schedulers = [c for c in trainer.lr_scheduler_configs if c.interval == "step"]
+        losses, probs, targets = [], [], []
+        for batch, _, _ in itertools.islice(dataloader_iter, self.steps_per_execution):
+            batch = self._on_before_batch_transfer(trainer.precision_plugin.convert_input(batch))
+            x, y = trainer.strategy.batch_to_device(batch)[:2]
+            outputs = self(x)
+            loss = self.compute_loss(outputs, y)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            for config in step_schedulers:
+                if trainer.global_step % config.frequency == 0:
+                    config.scheduler.step()
+            losses.append(loss.detach())
+            probs.append(self.probabilities(outputs.detach()))
+            targets.append(y)
+            if 0 <= trainer.max_steps <= trainer.global_step:
+                break
+        sizes = torch.tensor([len(y) for y in targets], device=losses[0].device)
+        self._update_metrics("train", torch.stack(losses), torch.cat(probs), torch.cat(targets), sizes)
+        if dataloader_iter.done:  # where Lightning steps epoch-interval schedulers: before validation
+            for config in trainer.lr_scheduler_configs:
+                if config.interval == "epoch" and (self.current_epoch + 1) % config.frequency == 0:
+                    config.scheduler.step()
 
     def on_train_epoch_start(self) -> None:
         self._logged_this_epoch.discard("train")
@@ -107,6 +170,15 @@ class MNISTClassifier(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._stop_if_diverged()
+
+    def on_train_start(self) -> None:
+        if self.steps_per_execution > 1 and any(
+            isinstance(c.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+            for c in self.trainer.lr_scheduler_configs
+        ):
+            raise LitMNISTError(
+                "ReduceLROnPlateau needs steps_per_execution 1 (Lightning steps it from a monitored metric)."
+            )
 
     def _stop_if_diverged(self) -> None:
         """Stop fit once the epoch's training loss is NaN or infinite, before a checkpoint is written.

@@ -76,6 +76,7 @@ class CNN(MNISTClassifier):
         hidden_dropout: float = 0.5,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        steps_per_execution: int = 1,
     ) -> None:
         network = cnn_network(channels, hidden_size, conv_dropout, hidden_dropout)
-        super().__init__(network, optimizer, lr_scheduler)
+        super().__init__(network, optimizer, lr_scheduler, steps_per_execution=steps_per_execution)

@@ -43,5 +43,7 @@ class DropoutMLP(MNISTClassifier):
         activation: Activation = "relu",
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        steps_per_execution: int = 1,
     ) -> None:
-        super().__init__(mlp_network(hidden_sizes, activation, dropout=dropout), optimizer, lr_scheduler)
+        network = mlp_network(hidden_sizes, activation, dropout=dropout)
+        super().__init__(network, optimizer, lr_scheduler, steps_per_execution=steps_per_execution)

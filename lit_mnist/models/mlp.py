@@ -66,5 +66,7 @@ class MLP(MNISTClassifier):
         activation: Activation = "relu",
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        steps_per_execution: int = 1,
     ) -> None:
-        super().__init__(mlp_network(hidden_sizes, activation), optimizer, lr_scheduler)
+        network = mlp_network(hidden_sizes, activation)
+        super().__init__(network, optimizer, lr_scheduler, steps_per_execution=steps_per_execution)
