@@ -1,7 +1,7 @@
 """Five Keras/TensorFlow MNIST tutorials, ported to PyTorch + Lightning."""
 
 from lit_mnist.data import BlobsDataModule, MNISTDataModule
-from lit_mnist.models import CNN, MLP, DropoutMLP, LinearClassifier, MNISTClassifier, ScratchMLP
+from lit_mnist.models import CNN, MLP, DropoutMLP, LinearClassifier, MNISTClassifier, ScratchMLP, SpeedrunCNN
 
 __all__ = [
     "CNN",
@@ -12,4 +12,5 @@ __all__ = [
     "MNISTClassifier",
     "MNISTDataModule",
     "ScratchMLP",
+    "SpeedrunCNN",
 ]

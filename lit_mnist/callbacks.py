@@ -36,6 +36,7 @@ class LineProgressBar(ProgressBar):
         self.lines_per_epoch = lines_per_epoch
         self._enabled = True
         self._epoch_start = 0.0
+        self._lines_printed = 0
 
     def disable(self) -> None:
         self._enabled = False
@@ -52,6 +53,7 @@ class LineProgressBar(ProgressBar):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
+        self._lines_printed = 0
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -59,9 +61,10 @@ class LineProgressBar(ProgressBar):
         total = self.total_train_batches
         if not isinstance(total, int) or total < 2 * self.lines_per_epoch:
             return
-        done = batch_idx + 1
+        done = batch_idx + 1  # batch_idx may advance by more than 1 (steps_per_execution)
         step = total // self.lines_per_epoch
-        if done % step == 0 and done < total - step // 2:
+        if done // step > self._lines_printed and done < total - step // 2:
+            self._lines_printed = done // step
             elapsed = time.perf_counter() - self._epoch_start
             self._print(f"{self._epoch(trainer)}: {done}/{total} batches, {elapsed:.1f} s")
 

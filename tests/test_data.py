@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -169,3 +170,31 @@ def test_shards_of_two_processes_cover_the_data_once():
     flat = [sorted(i for batch in shard for i in batch) for shard in shards]
     assert len(flat[0]) == len(flat[1]) == 50
     assert sorted(flat[0] + flat[1]) == list(range(100))
+
+
+def _on_device_batches(data_dir: Path, accelerator: str) -> tuple[list, list]:
+    """The first epoch's training batches with ``on_device`` and without, both moved to the device."""
+    trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False)
+    batches = []
+    for on_device in (True, False):
+        dm = MNISTDataModule(data_dir=str(data_dir), batch_size=16, val_size=40, on_device=on_device)
+        dm.trainer = trainer
+        dm.setup("fit")
+        device = trainer.strategy.root_device
+        batches.append([dm.transfer_batch_to_device(b, device, 0) for b in dm.train_dataloader()])
+    return batches[0], batches[1]
+
+
+def test_on_device_keeps_the_batches_and_their_order(tiny_mnist):
+    resident, copied = _on_device_batches(tiny_mnist, "cpu")
+    assert len(resident) == len(copied) == 5
+    for (rx, ry), (cx, cy) in zip(resident, copied, strict=True):
+        assert torch.equal(rx, cx) and torch.equal(ry, cy)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_device_cuts_the_batches_on_the_gpu(tiny_mnist):
+    resident, copied = _on_device_batches(tiny_mnist, "gpu")
+    for (rx, ry), (cx, cy) in zip(resident, copied, strict=True):
+        assert rx.is_cuda and ry.is_cuda
+        assert torch.equal(rx, cx) and torch.equal(ry, cy)

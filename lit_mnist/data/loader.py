@@ -20,7 +20,7 @@ class TensorBatches(Dataset):
         return len(self.tensors[0])
 
     def __getitem__(self, index: list[int]) -> tuple[torch.Tensor, ...]:
-        index = torch.as_tensor(index)
+        index = torch.as_tensor(index, device=self.tensors[0].device)
         return tuple(t[index] for t in self.tensors)
 
 

@@ -161,6 +161,9 @@ class MNISTDataModule(L.LightningDataModule):
             scaling to [0, 1].
         predict_dir: A folder of the user's own PNG/JPEG digits to predict instead of the test
             set (see ``lit_mnist.data.images``); their file names are in ``predict_names``.
+        on_device: Keep the images (47 MB as uint8) and labels on the trainer's device and cut
+            the batches there, so that no batch is copied from the host during training. Only
+            the batches' indices travel; the batches and their order are unchanged.
     """
 
     def __init__(
@@ -173,6 +176,7 @@ class MNISTDataModule(L.LightningDataModule):
         shuffle_seed: int | None = None,
         standardize: bool = False,
         predict_dir: str | None = None,
+        on_device: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
@@ -189,6 +193,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.shuffle_seed = shuffle_seed
         self.standardize = standardize
         self.predict_dir = predict_dir
+        self.on_device = on_device
         self.predict_names: list[str] | None = None
         self.splits: dict[str, tuple[torch.Tensor, ...]] = {}
 
@@ -213,6 +218,9 @@ class MNISTDataModule(L.LightningDataModule):
             self.splits["predict"] = (images,)
         elif stage in ("test", "predict", None) and "test" not in self.splits:
             self.splits["test"] = load_mnist(self.data_dir, train=False)
+        if self.on_device and self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            self.splits = {name: tuple(t.to(device) for t in split) for name, split in self.splits.items()}
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
         trainer = self.trainer

@@ -5,6 +5,7 @@ from lit_mnist.models.hand_sgd import HandSGDClassifier
 from lit_mnist.models.linear import LinearClassifier
 from lit_mnist.models.mlp import MLP, mlp_network
 from lit_mnist.models.scratch import NaiveDense, ScratchMLP, scratch_network
+from lit_mnist.models.speedrun import SpeedrunCNN, speedrun_network
 
 __all__ = [
     "CNN",
@@ -15,7 +16,9 @@ __all__ = [
     "MNISTClassifier",
     "NaiveDense",
     "ScratchMLP",
+    "SpeedrunCNN",
     "cnn_network",
     "mlp_network",
     "scratch_network",
+    "speedrun_network",
 ]
