@@ -8,7 +8,7 @@ checkpoints, progress lines), timed per epoch by ``lit_mnist.callbacks.EpochTime
     python benchmarks/bench_fit.py --config configs/mlp.yaml --epochs 3 [--device cuda] [--memory]
 
 Prints per-epoch times, their ratio (steady state: the first epoch is left out of the mean when
-there are more than two), the test accuracy of both, and peak memory. ``--memory`` also runs
+there are more than two; the plain loop runs before and after ``fit`` and counts with the mean), the test accuracy of both, and peak memory. ``--memory`` also runs
 ``python -m lit_mnist fit --config ...`` for one epoch in a child process and reports its peak RSS.
 """
 
@@ -91,9 +91,18 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--memory", action="store_true", help="also measure the peak RSS of a CLI fit")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice). On a 2-core machine 2 threads run small "
+        "batches at either of two speeds, varying between and within runs; 1 thread is steady",
+    )
+    parser.add_argument(
         "cli_args", nargs="*", help="extra CLI overrides, e.g. --trainer.precision=bf16-mixed"
     )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     logs = tempfile.mkdtemp(prefix="bench_fit_")
     timer = EpochTimer()
@@ -108,19 +117,24 @@ def main() -> None:
     cli = LitMNISTCLI(args=[*(x for kv in overrides.items() for x in kv), *args.cli_args], run=False)
     cli.trainer.callbacks.append(timer)
     fresh = copy.deepcopy(cli.model)
+    device = torch.device(args.device)
+    cli.datamodule.setup(None)
+    # The plain loop runs before and after fit and counts with the mean of both, so that a machine
+    # whose speed drifts during the run (shared cores) does not tilt the ratio.
+    plain_before, _ = plain_loop(copy.deepcopy(fresh), cli.datamodule, args.epochs, device)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     lit_acc = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]["test/acc"]
+    plain_after, plain_acc = plain_loop(fresh, cli.datamodule, args.epochs, device)
 
-    device = torch.device(args.device)
-    plain_times, plain_acc = plain_loop(fresh, cli.datamodule, args.epochs, device)
-
-    lit_epoch, plain_epoch = _steady(timer.epoch_times), _steady(plain_times)
+    lit_epoch = _steady(timer.epoch_times)
+    plain_epoch = (_steady(plain_before) + _steady(plain_after)) / 2
     print(f"\nconfig {args.config}, {args.epochs} epochs, device {args.device}")
     print(f"torch {torch.__version__}, lightning {lightning.__version__}, python {platform.python_version()}")
     hardware = torch.cuda.get_device_name() if args.device == "cuda" else platform.machine()
     print(f"{hardware}, {torch.get_num_threads()} threads")
     print(f"lightning fit s/epoch: {' '.join(f'{t:.2f}' for t in timer.epoch_times)}  steady {lit_epoch:.3f}")
-    print(f"plain loop    s/epoch: {' '.join(f'{t:.2f}' for t in plain_times)}  steady {plain_epoch:.3f}")
+    for when, times in (("before", plain_before), ("after", plain_after)):
+        print(f"plain loop    s/epoch: {' '.join(f'{t:.2f}' for t in times)}  steady {_steady(times):.3f} ({when} fit)")
     print(f"ratio lightning/plain: {lit_epoch / plain_epoch:.3f}")
     print(f"test accuracy: lightning {100 * lit_acc:.2f} %, plain {100 * plain_acc:.2f} %")
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
