@@ -21,6 +21,7 @@ from typing import Any
 import lightning as L
 from jsonargparse import Namespace
 from lightning.fabric.plugins.io import TorchCheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
@@ -242,6 +243,16 @@ def main(args: Any = None) -> None:
         LitMNISTCLI(args=args)
     except LitMNISTError as err:
         print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except MisconfigurationException as err:
+        # Lightning's word for settings that do not go together; its messages say which.
+        hint = ""
+        if "manual optimization" in str(err):
+            hint = (
+                " Configs with model.init_args.steps_per_execution above 1 use manual optimization:"
+                " set it to 1."
+            )
+        print(f"error: {err}{hint}", file=sys.stderr)
         raise SystemExit(1) from None
     except ValueError as err:
         # jsonargparse wraps what a constructor raises in its own ValueError; find ours inside.

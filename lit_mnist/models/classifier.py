@@ -150,6 +150,8 @@ class MNISTClassifier(L.LightningModule):
             targets.append(y)
             if 0 <= trainer.max_steps <= trainer.global_step:
                 break
+        if not losses:  # an iterator without a length ran out
+            return
         sizes = torch.tensor([len(y) for y in targets], device=losses[0].device)
         self._update_metrics("train", torch.stack(losses), torch.cat(probs), torch.cat(targets), sizes)
         if dataloader_iter.done:  # where Lightning steps epoch-interval schedulers: before validation
