@@ -62,7 +62,8 @@ class CNN(MNISTClassifier):
 
     What differs from TensorFlow: the seed's weights are N(0, 0.01) with no biases, PyTorch's
     layers have biases and initialise both from U(-1/√fan_in, 1/√fan_in); TF1's RMSprop starts
-    its mean square at 1 with epsilon 1e-10 (PyTorch: 0 and 1e-8); images are NCHW here, NHWC
+    its mean square at 1 with epsilon 1e-10 (PyTorch: 0 and 1e-8; the config uses Keras'
+    epsilon 1e-7 under the square root, as ``DropoutMLP`` explains); images are NCHW here, NHWC
     there, so the 2,048 features are flattened in a different (equally learnable) order; the
     seed trains on TF1's first 55,000 training images in a fixed order where ``MNISTDataModule``
     shuffles its own split each epoch.

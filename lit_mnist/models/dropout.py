@@ -33,7 +33,10 @@ class DropoutMLP(MNISTClassifier):
     and seed 002 draws N(0, 0.01) weights and has no biases at all. For seed 002, TF1's RMSprop
     starts its mean square at 1 with epsilon 1e-10 (PyTorch: 0 and 1e-8), and the seed trains on
     TF1's first 55,000 training images in a fixed order where ``MNISTDataModule`` shuffles its
-    own split each epoch.
+    own split each epoch. The config's RMSprop is Keras' (the seed's numbers as its Keras code
+    gives them today): Keras divides by √(v + 1e-7), PyTorch by √v + eps, so the config sets
+    ``eps`` to √1e-7 ≈ 3.16e-4. With PyTorch's 1e-8 instead, steps on weights with tiny gradients
+    stay large and the port ended 0.3 points lower (98.26 % for seed 0).
     """
 
     def __init__(

@@ -58,6 +58,7 @@ class MLP(MNISTClassifier):
 
     What differs from TensorFlow: ``nn.Linear`` initialises weights and biases from
     U(-1/√fan_in, 1/√fan_in); Keras uses Glorot-uniform weights and zero biases.
+    ``configs/dense512.yaml`` gives RMSprop Keras' epsilon, as ``DropoutMLP`` explains.
     """
 
     def __init__(
