@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -132,6 +133,12 @@ class MNISTClassifier(L.LightningModule):
         """``training_step`` for ``steps_per_execution`` > 1: up to that many batches, a step each."""
         trainer = self.trainer
         optimizer = self.optimizers()
+        # On one device without a gradient scaler, backward() and the optimizer's step() are all
+        # that Lightning's wrappers would do, less their per-step hooks; anywhere else (DDP, XLA,
+        # float16 loss scaling) every step goes through the wrappers.
+        direct = type(trainer.strategy) is SingleDeviceStrategy and (
+            getattr(trainer.precision_plugin, "scaler", None) is None
+        )
         step_schedulers = [c for c in trainer.lr_scheduler_configs if c.interval == "step"]
         losses, probs, targets = [], [], []
         for batch, _, _ in itertools.islice(dataloader_iter, self.steps_per_execution):
@@ -140,8 +147,13 @@ class MNISTClassifier(L.LightningModule):
             outputs = self(x)
             loss = self.compute_loss(outputs, y)
             optimizer.zero_grad()
-            self.manual_backward(loss)
-            optimizer.step()
+            if direct:
+                loss.backward()
+                optimizer.optimizer.step()
+                self._count_optimizer_step()
+            else:
+                self.manual_backward(loss)
+                optimizer.step()
             for config in step_schedulers:
                 if trainer.global_step % config.frequency == 0:
                     config.scheduler.step()
@@ -158,6 +170,12 @@ class MNISTClassifier(L.LightningModule):
             for config in trainer.lr_scheduler_configs:
                 if config.interval == "epoch" and (self.current_epoch + 1) % config.frequency == 0:
                     config.scheduler.step()
+
+    def _count_optimizer_step(self) -> None:
+        """Advance the step counter that Lightning otherwise advances inside ``optimizer.step()``."""
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        progress.increment_ready()
+        progress.increment_completed()
 
     def on_train_epoch_start(self) -> None:
         self._logged_this_epoch.discard("train")

@@ -38,9 +38,3 @@ class HandSGDClassifier(MNISTClassifier):
                 p -= self.lr * g
         self._count_optimizer_step()
         return loss
-
-    def _count_optimizer_step(self) -> None:
-        """Advance the step counter that Lightning otherwise advances inside ``optimizer.step()``."""
-        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        progress.increment_ready()
-        progress.increment_completed()
