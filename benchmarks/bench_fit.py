@@ -134,7 +134,9 @@ def main() -> None:
     print(f"{hardware}, {torch.get_num_threads()} threads")
     print(f"lightning fit s/epoch: {' '.join(f'{t:.2f}' for t in timer.epoch_times)}  steady {lit_epoch:.3f}")
     for when, times in (("before", plain_before), ("after", plain_after)):
-        print(f"plain loop    s/epoch: {' '.join(f'{t:.2f}' for t in times)}  steady {_steady(times):.3f} ({when} fit)")
+        print(
+            f"plain loop    s/epoch: {' '.join(f'{t:.2f}' for t in times)}  steady {_steady(times):.3f} ({when} fit)"
+        )
     print(f"ratio lightning/plain: {lit_epoch / plain_epoch:.3f}")
     print(f"test accuracy: lightning {100 * lit_acc:.2f} %, plain {100 * plain_acc:.2f} %")
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")

@@ -78,7 +78,9 @@ def main() -> None:
     for seed, (seconds, acc, _) in enumerate(runs):
         print(f"| {seed} | {seconds:.3f} s | {acc:.2f} % |")
     times, accs = [r[0] for r in runs], [r[1] for r in runs]
-    print(f"| mean | {statistics.mean(times):.3f} s | {statistics.mean(accs):.2f} % (min {min(accs):.2f} %) |")
+    print(
+        f"| mean | {statistics.mean(times):.3f} s | {statistics.mean(accs):.2f} % (min {min(accs):.2f} %) |"
+    )
     print(f"\nimports (torch, lightning, lit_mnist): {IMPORTED - START:.2f} s")
     print(f"reading MNIST into memory: {statistics.mean(r[2] for r in runs):.2f} s per run")
     if warmup is not None:

@@ -19,11 +19,11 @@ def _run(script: str, *args: str) -> str:
 
 def test_speedrun_cpu_smoke():
     out = _run(
-        "speedrun.py", "--device", "cpu", "--seeds", "2", "--no-warmup", "--",
+        "speedrun.py", "--device", "cpu", "--seeds", "1", "--no-warmup", "--",
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_test_batches", "2",
     )  # fmt: skip
     rows = re.findall(r"^\| (\d) \| ([\d.]+) s \| ([\d.]+) % \|$", out, re.MULTILINE)
-    assert [seed for seed, _, _ in rows] == ["0", "1"]
+    assert [seed for seed, _, _ in rows] == ["0"]
     assert all(0 < float(seconds) < 60 and 0 <= float(acc) <= 100 for _, seconds, acc in rows)
     assert "target (mean ≥ 99.0 %, each ≥ 98.9 %, ≤ 0.5 s): not met" in out
 

@@ -123,7 +123,9 @@ OVERFIT = [
 
 
 @pytest.mark.parametrize(("make", "steps"), OVERFIT)
-def test_loss_on_64_digits_halves_in_a_few_dozen_steps(make: Callable[[], MNISTClassifier], steps: int, digits):
+def test_loss_on_64_digits_halves_in_a_few_dozen_steps(
+    make: Callable[[], MNISTClassifier], steps: int, digits
+):
     x, y = digits
     torch.manual_seed(0)
     model = make()

@@ -22,7 +22,14 @@ from conftest import REPO, run_cli, write_idx, write_mnist
 from lit_mnist import MLP, MNISTClassifier, MNISTDataModule
 from lit_mnist.cli import main
 
-SHORT = ("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5", "--trainer.limit_val_batches", "1")
+SHORT = (
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "5",
+    "--trainer.limit_val_batches",
+    "1",
+)
 
 
 class Payload:
@@ -106,7 +113,9 @@ BAD_INPUTS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("args", "code", "message"), [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("args", "code", "message"), [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS]
+)
 def test_bad_input_is_one_message_and_a_nonzero_exit(args, code, message, tmp_path, capsys, checkpoints):
     (tmp_path / "bad.yaml").write_text("model:\n  class_path: [oops\n")
     (tmp_path / "notes").mkdir()
@@ -119,7 +128,9 @@ def test_bad_input_is_one_message_and_a_nonzero_exit(args, code, message, tmp_pa
     args = [a.format_map(values) for a in args]
     before = sorted(p.name for p in REPO.iterdir())
     subcommand, *rest = args
-    returned, stderr = _main(capsys, subcommand, "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), *rest)
+    returned, stderr = _main(
+        capsys, subcommand, "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), *rest
+    )
     assert returned == code, stderr
     assert message in stderr.replace("\n", " ")
     assert "Traceback" not in stderr
@@ -146,7 +157,16 @@ def test_hostile_checkpoint_is_refused_on_every_cli_path(subcommand, checkpoints
 
 def test_hostile_checkpoint_is_refused_by_export(checkpoints, capsys, tmp_path):
     output = tmp_path / "model.onnx"
-    code, stderr = _main(capsys, "export", "--ckpt_path", str(checkpoints["payload"]), "--format", "onnx", "--output", str(output))
+    code, stderr = _main(
+        capsys,
+        "export",
+        "--ckpt_path",
+        str(checkpoints["payload"]),
+        "--format",
+        "onnx",
+        "--output",
+        str(output),
+    )
     assert code == 1
     assert f"Refusing to load {checkpoints['payload']}" in stderr
     assert not checkpoints["marker"].exists() and not output.exists()
@@ -212,7 +232,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(delay, tmp_path, un
     resumed = run_cli(*KILL_FIT, "--ckpt_path", "last", *logs)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"Resuming from {last}" in resumed.stdout
-    epochs_run = [int(line.split()[1].split("/")[0]) for line in resumed.stdout.splitlines() if " done in " in line]
+    epochs_run = [
+        int(line.split()[1].split("/")[0]) for line in resumed.stdout.splitlines() if " done in " in line
+    ]
     assert epochs_run == list(range(completed + 1, 4)), "completed epochs were lost or redone"
     expected, got = _state(uninterrupted), _state(last)
     assert expected.keys() == got.keys()
@@ -251,7 +273,10 @@ def full_disk(tmp_path):
     """A 600 kB tmpfs: too small for one checkpoint of the MLP (1.6 MB)."""
     mount = tmp_path / "full"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)]).returncode:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)]).returncode
+    ):
         pytest.skip("mounting a small tmpfs needs root")
     yield mount
     subprocess.run(["umount", str(mount)], check=True)
