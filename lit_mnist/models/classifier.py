@@ -53,7 +53,10 @@ class MNISTClassifier(L.LightningModule):
     ``accumulate_grad_batches`` are not available, ``ReduceLROnPlateau`` is refused, other
     learning-rate schedulers are stepped here at their interval, callbacks'
     ``on_train_batch_start/end`` run once per call (with its last batch), and training metrics
-    are updated once per call.
+    are updated once per call. As in Keras, where no per-batch callback runs inside one
+    execution, the per-step hooks (``on_before_backward``, ``on_after_backward``,
+    ``on_before_optimizer_step``) are skipped on one device without a gradient scaler, where
+    the steps call ``backward()`` and the optimizer directly.
     """
 
     def __init__(
