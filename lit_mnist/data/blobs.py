@@ -58,14 +58,12 @@ class BlobsDataModule(L.LightningDataModule):
         self.points = make_blobs(num_points_per_class, seed)
 
     def _loader(self, shuffle: bool) -> DataLoader:
-        trainer = self.trainer
         return batch_loader(
             *self.points,
             batch_size=self.batch_size or len(self.points[0]),
             shuffle=shuffle,
             seed=self.seed,
-            num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0,
+            trainer=self.trainer,
         )
 
     def train_dataloader(self) -> DataLoader:

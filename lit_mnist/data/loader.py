@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+if TYPE_CHECKING:
+    import lightning as L
 
 
 class TensorBatches(Dataset):
@@ -71,17 +75,18 @@ def batch_loader(
     batch_size: int,
     shuffle: bool = False,
     seed: int = 0,
-    num_replicas: int = 1,
-    rank: int = 0,
-    pin_memory: bool = False,
+    trainer: L.Trainer | None = None,
 ) -> DataLoader:
-    """A ``DataLoader`` over in-memory tensors that slices each batch with one index operation."""
+    """A ``DataLoader`` over in-memory tensors that slices each batch with one index operation.
+
+    With a ``trainer`` each of its processes reads its own shard (``world_size``, ``global_rank``).
+    """
     sampler = BatchIndexSampler(
         len(tensors[0]),
         batch_size,
         shuffle=shuffle,
         seed=seed,
-        num_replicas=num_replicas,
-        rank=rank,
+        num_replicas=trainer.world_size if trainer else 1,
+        rank=trainer.global_rank if trainer else 0,
     )
-    return DataLoader(TensorBatches(*tensors), batch_size=None, sampler=sampler, pin_memory=pin_memory)
+    return DataLoader(TensorBatches(*tensors), batch_size=None, sampler=sampler)

@@ -223,15 +223,13 @@ class MNISTDataModule(L.LightningDataModule):
             self.splits = {name: tuple(t.to(device) for t in split) for name, split in self.splits.items()}
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
-        trainer = self.trainer
         seed = self.shuffle_seed if self.shuffle_seed is not None else torch.initial_seed()
         return batch_loader(
             *self.splits[split],
             batch_size=batch_size,
             shuffle=shuffle,
             seed=seed % 2**63,
-            num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0,
+            trainer=self.trainer,
         )
 
     def train_dataloader(self) -> DataLoader:
