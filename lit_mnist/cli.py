@@ -159,6 +159,19 @@ class LitMNISTCLI(LightningCLI):
             trainer.callbacks.append(LearningRateMonitor())
         return trainer
 
+    def before_fit(self) -> None:
+        trainer = self.trainer
+        used = []
+        if trainer.gradient_clip_val:
+            used.append(f"--trainer.gradient_clip_val {trainer.gradient_clip_val}")
+        if trainer.accumulate_grad_batches != 1:
+            used.append(f"--trainer.accumulate_grad_batches {trainer.accumulate_grad_batches}")
+        if used and getattr(self.model, "steps_per_execution", 1) > 1:
+            raise LitMNISTError(
+                f"{' and '.join(used)} need Lightning's automatic optimization, but configs with "
+                "model.init_args.steps_per_execution above 1 use manual optimization: set it to 1."
+            )
+
     def after_fit(self) -> None:
         if not self.config.fit.test_after_fit or self.trainer.interrupted:
             return
@@ -246,13 +259,7 @@ def main(args: Any = None) -> None:
         raise SystemExit(1) from None
     except MisconfigurationException as err:
         # Lightning's word for settings that do not go together; its messages say which.
-        hint = ""
-        if "manual optimization" in str(err):
-            hint = (
-                " Configs with model.init_args.steps_per_execution above 1 use manual optimization:"
-                " set it to 1."
-            )
-        print(f"error: {err}{hint}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
     except ValueError as err:
         # jsonargparse wraps what a constructor raises in its own ValueError; find ours inside.
