@@ -58,7 +58,7 @@ class LitMNISTCLI(LightningCLI):
     def __init__(self, args: Any = None, run: bool = True) -> None:
         _quiet_lightning_noise()
         callbacks = [] if sys.stdout.isatty() else [LineProgressBar()]
-        callbacks += [KerasModelSummary(), PredictionWriter()]
+        callbacks.append(KerasModelSummary())
         super().__init__(
             MNISTClassifier,
             L.LightningDataModule,
@@ -159,18 +159,8 @@ class LitMNISTCLI(LightningCLI):
             trainer.callbacks.append(LearningRateMonitor())
         return trainer
 
-    def before_fit(self) -> None:
-        trainer = self.trainer
-        used = []
-        if trainer.gradient_clip_val:
-            used.append(f"--trainer.gradient_clip_val {trainer.gradient_clip_val}")
-        if trainer.accumulate_grad_batches != 1:
-            used.append(f"--trainer.accumulate_grad_batches {trainer.accumulate_grad_batches}")
-        if used and getattr(self.model, "steps_per_execution", 1) > 1:
-            raise LitMNISTError(
-                f"{' and '.join(used)} need Lightning's automatic optimization, but configs with "
-                "model.init_args.steps_per_execution above 1 use manual optimization: set it to 1."
-            )
+    def before_predict(self) -> None:
+        self.trainer.callbacks.append(PredictionWriter())
 
     def after_fit(self) -> None:
         if not self.config.fit.test_after_fit or self.trainer.interrupted:
@@ -233,8 +223,6 @@ def _quiet_lightning_noise() -> None:
     # TensorBoard's add_graph traces with torch.jit; PredictionWriter counts rows itself.
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices")
-    # model.init_args.steps_per_execution > 1 uses the dataloader_iter training step on purpose.
-    warnings.filterwarnings("ignore", message=r"(?s).*`dataloader_iter`.*(experimental|dragons)")
 
 
 def _user_error_in(err: BaseException | None) -> LitMNISTError | None:

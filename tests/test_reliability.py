@@ -108,7 +108,6 @@ BAD_INPUTS = [
     ("ckpt-truncated", ("test", "--config", "configs/mlp.yaml", "--ckpt_path", "{ckpt_truncated}"), 1, "is not a readable checkpoint"),
     ("ckpt-not-a-checkpoint", ("test", "--config", "configs/mlp.yaml", "--ckpt_path", "{ckpt_text}"), 1, "is not a readable checkpoint"),
     ("predict-dir-without-images", ("predict", "--config", "configs/mlp.yaml", "--ckpt_path", "{ckpt_mlp}", "--data.predict_dir", "{tmp}/notes"), 1, "No PNG or JPEG image to predict in"),
-    ("clip-with-steps-per-execution", (*FIT, "--trainer.gradient_clip_val", "1"), 1, "steps_per_execution above 1 use manual optimization: set it to 1."),
     ("ckpt-other-model", ("test", "--config", "configs/mlp.yaml", "--ckpt_path", "{ckpt_dropout}"), 1, "was saved from a lit_mnist.DropoutMLP model but the config asks for lit_mnist.MLP"),
 ]  # fmt: skip
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import lightning as L
 import pytest
 import torch
@@ -9,8 +11,8 @@ from conftest import REPO
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_mnist import MLP, MNISTDataModule
-from lit_mnist.errors import LitMNISTError
+from lit_mnist import MLP, MNISTDataModule, ScratchMLP
+from lit_mnist.cli import LitMNISTCLI
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +49,10 @@ def test_tensorboard_event_file_has_the_scalars(one_epoch):
     assert 0.9 < events.Scalars("val/acc")[-1].value <= 1.0
 
 
-@pytest.mark.parametrize("steps_per_execution", [1, 3])
-def test_epoch_metrics_cover_every_batch(tiny_mnist, steps_per_execution):
+def test_epoch_metrics_cover_every_batch(tiny_mnist):
     """train/ and val/ metrics are over the whole epoch, not over the batch they were logged on."""
     L.seed_everything(0)
-    model = MLP(  # weights stay fixed
-        optimizer=lambda params: torch.optim.SGD(params, lr=0.0), steps_per_execution=steps_per_execution
-    )
+    model = MLP(optimizer=lambda params: torch.optim.SGD(params, lr=0.0))  # weights stay fixed
     data = MNISTDataModule(data_dir=str(tiny_mnist), batch_size=16, eval_batch_size=8, val_size=40)
     trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(model, data)
@@ -67,49 +66,84 @@ def test_epoch_metrics_cover_every_batch(tiny_mnist, steps_per_execution):
         torch.testing.assert_close(trainer.callback_metrics[f"{split}/loss"], expected_loss)
 
 
-def _fit_tiny(data_dir, steps_per_execution: int, **trainer_args) -> tuple[MLP, L.Trainer]:
+class HookCounter(L.Callback):
+    """Counts per-batch and per-step hook calls and the samples each batch hook is given."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.samples = 0
+        self.lr_seen: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.calls["batch_start"] += 1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.calls["batch_end"] += 1
+        self.samples += len(batch[0])
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        self.calls["before_backward"] += 1
+
+    def on_after_backward(self, trainer, pl_module):
+        self.calls["after_backward"] += 1
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.calls["before_optimizer_step"] += 1
+
+
+SHIPPED = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", SHIPPED)
+def test_every_shipped_config_calls_each_hook_once_per_batch(config, tiny_mnist, tmp_path):
+    """Lightning's ordinary loop: every batch hook once per batch, with every sample, once per epoch."""
+    data_args = [] if config == "linear_blobs.yaml" else ["--data.init_args.data_dir", str(tiny_mnist)]
+    data_args += [] if config == "linear_blobs.yaml" else ["--data.init_args.val_size", "40"]
+    data_args += ["--data.init_args.batch_size", "16"]
+    args = ["--config", f"configs/{config}", *data_args, "--trainer.max_epochs", "2"]
+    args += ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.accelerator", "cpu"]
+    cli = LitMNISTCLI(args=args, run=False)
+    counter = HookCounter()
+    cli.trainer.callbacks.append(counter)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    n_train = len(cli.datamodule.splits["train"][0]) if config != "linear_blobs.yaml" else 2000
+    batches = -(-n_train // 16)
+    assert counter.samples == 2 * n_train
+    assert counter.calls["batch_start"] == counter.calls["batch_end"] == 2 * batches
+    for hook in ("before_backward", "after_backward", "before_optimizer_step"):
+        assert counter.calls[hook] == 2 * batches, hook
+    assert cli.trainer.global_step == 2 * batches
+
+
+def test_gradient_clipping_and_accumulation_train_a_seed_config(tiny_mnist, tmp_path):
+    args = ["--config", "configs/mlp.yaml", "--data.init_args.data_dir", str(tiny_mnist)]
+    args += ["--data.init_args.val_size", "40"]
+    args += ["--data.init_args.batch_size", "16", "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu"]
+    args += ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.gradient_clip_val", "1.0"]
+    args += ["--trainer.accumulate_grad_batches", "2"]
+    cli = LitMNISTCLI(args=args, run=False)
+    counter = HookCounter()
+    cli.trainer.callbacks.append(counter)
+    before = [p.detach().clone() for p in cli.model.parameters()]
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert counter.calls["before_backward"] == counter.calls["batch_end"] == 5  # 80 images / 16
+    assert counter.calls["before_optimizer_step"] == cli.trainer.global_step == 3  # 2 + 2 + the last 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, cli.model.parameters(), strict=True))
+
+
+def test_hand_written_updates_are_the_seed_rule(tiny_mnist):
+    """ScratchMLP's step is w -= lr * grad for every weight, counted by Lightning as optimizer steps."""
     L.seed_everything(0)
-    model = MLP(
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
-        steps_per_execution=steps_per_execution,
-    )
-    data = MNISTDataModule(data_dir=str(data_dir), batch_size=16, val_size=40)  # 5 batches per epoch
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, **trainer_args)
+    model = ScratchMLP(lr=0.5)
+    data = MNISTDataModule(data_dir=str(tiny_mnist), batch_size=80, val_size=40)  # one batch
+    data.prepare_data()
+    data.setup("fit")
+    x, y = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
+    start = {k: v.clone() for k, v in model.net.state_dict().items()}
+    loss = model.compute_loss(model(x), y)
+    grads = torch.autograd.grad(loss, list(model.net.parameters()))
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(model, data)
-    return model, trainer
-
-
-def test_steps_per_execution_gives_the_same_training(tiny_mnist):
-    """Several optimizer steps per training_step call: same batches, updates, schedule and metrics."""
-    one, one_trainer = _fit_tiny(tiny_mnist, 1, max_epochs=2)
-    three, three_trainer = _fit_tiny(tiny_mnist, 3, max_epochs=2)
-    assert three_trainer.global_step == one_trainer.global_step == 10
-    assert three.optimizers().param_groups[0]["lr"] == one.optimizers().param_groups[0]["lr"] == 1e-3 / 4
-    for (name, a), b in zip(one.state_dict().items(), three.state_dict().values(), strict=True):
-        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
-    for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
-        torch.testing.assert_close(three_trainer.callback_metrics[key], one_trainer.callback_metrics[key])
-
-
-def test_steps_per_execution_stops_at_max_steps(tiny_mnist):
-    _, trainer = _fit_tiny(tiny_mnist, 3, max_steps=4)
-    assert trainer.global_step == 4
-
-
-def test_steps_per_execution_refuses_plateau_scheduler(tiny_mnist):
-    model = MLP(
-        lr_scheduler=lambda opt: {
-            "scheduler": torch.optim.lr_scheduler.ReduceLROnPlateau(opt),
-            "monitor": "val/loss",
-        },
-        steps_per_execution=2,
-    )
-    data = MNISTDataModule(data_dir=str(tiny_mnist), batch_size=16, val_size=40)
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    with pytest.raises(LitMNISTError, match="ReduceLROnPlateau"):
-        trainer.fit(model, data)
-
-
-def test_steps_per_execution_must_be_positive():
-    with pytest.raises(LitMNISTError, match="steps_per_execution must be 1 or more"):
-        MLP(steps_per_execution=0)
+    assert trainer.global_step == 1
+    for (name, w0), g in zip(start.items(), grads, strict=True):
+        torch.testing.assert_close(model.net.state_dict()[name], w0 - 0.5 * g, msg=name)

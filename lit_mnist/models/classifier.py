@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -11,7 +9,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -33,43 +30,35 @@ class MNISTClassifier(L.LightningModule):
     """Trains ``net`` (logits out) with cross-entropy and reports loss and accuracy per split.
 
     Subclasses only build their network and pass it here; this class owns the loss, the
-    torchmetrics accuracy, the ``train/``, ``val/`` and ``test/`` logging and the optimizer.
-    The optimizer (and an optional learning-rate scheduler) arrive as callables, the way
-    LightningCLI injects them from a config (``model.init_args.optimizer``), so a config can swap
-    Adam, RMSprop or SGD and their arguments without touching code.
+    torchmetrics accuracy, the ``train/``, ``val/`` and ``test/`` logging and the optimizer. It runs
+    Lightning's ordinary loop: one ``training_step`` per batch, automatic optimization, so every
+    callback hook, ``gradient_clip_val``, ``accumulate_grad_batches`` and the schedulers work as
+    Lightning documents them. Inputs are float images ``[B, 1, 28, 28]`` in [0, 1] (the data module
+    scales them). Networks whose outputs are not logits override ``compute_loss`` and
+    ``probabilities``.
 
-    Inputs are float images ``[B, 1, 28, 28]`` in [0, 1] (the data module scales them).
-
-    Networks whose outputs are not logits override ``compute_loss`` and ``probabilities``;
-    ``optimizer=None`` is for subclasses that update their weights themselves (manual
-    optimization), and makes ``configure_optimizers`` return nothing.
-
-    ``steps_per_execution`` is Keras' ``compile`` option of that name: each call Lightning makes
-    into ``training_step`` trains on that many batches, one optimizer step per batch, so
-    Lightning's per-call cost (hooks, progress tracking, its optimizer closure) is paid once per
-    ``steps_per_execution`` batches. The batches, their order and the updates are the same as
-    with 1, and so are the weights. The module then uses Lightning's manual optimization and
-    its ``dataloader_iter`` training step: the Trainer's ``gradient_clip_val`` and
-    ``accumulate_grad_batches`` are not available, ``ReduceLROnPlateau`` is refused, other
-    learning-rate schedulers are stepped here at their interval, callbacks'
-    ``on_train_batch_start/end`` run once per call (with its last batch), and training metrics
-    are updated once per call. As in Keras, where no per-batch callback runs inside one
-    execution, the per-step hooks (``on_before_backward``, ``on_after_backward``,
-    ``on_before_optimizer_step``) are skipped on one device without a gradient scaler, where
-    the steps call ``backward()`` and the optimizer directly.
+    Args:
+        net: The network, a plain ``nn.Module`` from images to logits (the subclasses build it).
+        optimizer: The optimizer as a callable of the parameters; from a config,
+            ``model.init_args.optimizer`` with a ``class_path`` such as ``torch.optim.RMSprop`` and
+            its ``init_args``.
+        lr_scheduler: An optional learning-rate scheduler as a callable of the optimizer
+            (``model.init_args.lr_scheduler``); Lightning steps it once per epoch.
+        num_classes: Number of classes the metrics count.
+        compile: Compile the network with ``torch.compile`` (``nn.Module.compile``, in place, so
+            checkpoints keep their keys) when Lightning configures the model. Off by default: the
+            first steps pay for compilation, and on small CPU models it rarely pays back.
     """
 
     def __init__(
         self,
         net: nn.Module,
-        optimizer: OptimizerCallable | None = torch.optim.Adam,
+        optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         num_classes: int = 10,
-        steps_per_execution: int = 1,
+        compile: bool = False,
     ) -> None:
         super().__init__()
-        if steps_per_execution < 1:
-            raise LitMNISTError(f"steps_per_execution must be 1 or more, got {steps_per_execution}.")
         self.save_hyperparameters(ignore=["net"])
         for key in ("optimizer", "lr_scheduler"):
             if key in self.hparams:
@@ -77,6 +66,7 @@ class MNISTClassifier(L.LightningModule):
         self.net = net
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
+        self.compile_net = compile
         self.example_input_array = torch.zeros(1, 1, 28, 28)
         self.metrics = nn.ModuleDict()
         for split in ("train", "val", "test"):
@@ -85,11 +75,10 @@ class MNISTClassifier(L.LightningModule):
                 num_classes, average="micro", validate_args=False
             )
         self._logged_this_epoch: set[str] = set()
-        self.steps_per_execution = steps_per_execution
-        if steps_per_execution > 1:
-            self.automatic_optimization = False
-            # Lightning passes its batch iterator to a training_step with a ``dataloader_iter`` argument.
-            self.training_step = self._training_steps
+
+    def configure_model(self) -> None:
+        if self.compile_net:
+            self.net.compile()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -112,9 +101,9 @@ class MNISTClassifier(L.LightningModule):
         return loss, probs
 
     def _update_metrics(
-        self, split: str, loss: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor, weight: Any
+        self, split: str, loss: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor, weight: int
     ) -> None:
-        """Add batches' mean losses (weighted by ``weight``, their sizes) and predictions to the metrics."""
+        """Add a batch's mean loss (weighted by ``weight``, its size) and predictions to the metrics."""
         loss_metric, acc_metric = self.metrics[f"{split}_loss"], self.metrics[f"{split}_acc"]
         loss_metric.update(loss, weight=weight)
         acc_metric.update(probs, targets)
@@ -129,56 +118,7 @@ class MNISTClassifier(L.LightningModule):
                     on_step=False,
                     on_epoch=True,
                     prog_bar=split != "test",
-                    batch_size=len(targets),  # unused for a Metric, but needed with dataloader_iter
                 )
-
-    def _training_steps(self, dataloader_iter: Iterator) -> None:
-        """``training_step`` for ``steps_per_execution`` > 1: up to that many batches, a step each."""
-        trainer = self.trainer
-        optimizer = self.optimizers()
-        # On one device without a gradient scaler, backward() and the optimizer's step() are all
-        # that Lightning's wrappers would do, less their per-step hooks; anywhere else (DDP, XLA,
-        # float16 loss scaling) every step goes through the wrappers.
-        direct = type(trainer.strategy) is SingleDeviceStrategy and (
-            getattr(trainer.precision_plugin, "scaler", None) is None
-        )
-        step_schedulers = [c for c in trainer.lr_scheduler_configs if c.interval == "step"]
-        losses, probs, targets = [], [], []
-        for batch, _, _ in itertools.islice(dataloader_iter, self.steps_per_execution):
-            batch = self._on_before_batch_transfer(trainer.precision_plugin.convert_input(batch))
-            x, y = trainer.strategy.batch_to_device(batch)[:2]
-            outputs = self(x)
-            loss = self.compute_loss(outputs, y)
-            optimizer.zero_grad()
-            if direct:
-                loss.backward()
-                optimizer.optimizer.step()
-                self._count_optimizer_step()
-            else:
-                self.manual_backward(loss)
-                optimizer.step()
-            for config in step_schedulers:
-                if trainer.global_step % config.frequency == 0:
-                    config.scheduler.step()
-            losses.append(loss.detach())
-            probs.append(self.probabilities(outputs.detach()))
-            targets.append(y)
-            if 0 <= trainer.max_steps <= trainer.global_step:
-                break
-        if not losses:  # an iterator without a length ran out
-            return
-        sizes = torch.tensor([len(y) for y in targets], device=losses[0].device)
-        self._update_metrics("train", torch.stack(losses), torch.cat(probs), torch.cat(targets), sizes)
-        if dataloader_iter.done:  # where Lightning steps epoch-interval schedulers: before validation
-            for config in trainer.lr_scheduler_configs:
-                if config.interval == "epoch" and (self.current_epoch + 1) % config.frequency == 0:
-                    config.scheduler.step()
-
-    def _count_optimizer_step(self) -> None:
-        """Advance the step counter that Lightning otherwise advances inside ``optimizer.step()``."""
-        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        progress.increment_ready()
-        progress.increment_completed()
 
     def on_train_epoch_start(self) -> None:
         self._logged_this_epoch.discard("train")
@@ -194,15 +134,6 @@ class MNISTClassifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._stop_if_diverged()
 
-    def on_train_start(self) -> None:
-        if self.steps_per_execution > 1 and any(
-            isinstance(c.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-            for c in self.trainer.lr_scheduler_configs
-        ):
-            raise LitMNISTError(
-                "ReduceLROnPlateau needs steps_per_execution 1 (Lightning steps it from a monitored metric)."
-            )
-
     def _stop_if_diverged(self) -> None:
         """Stop fit once the epoch's training loss is NaN or infinite, before a checkpoint is written.
 
@@ -210,13 +141,13 @@ class MNISTClassifier(L.LightningModule):
         so the last checkpoint on disk keeps the last good weights.
         """
         train_loss = self.metrics["train_loss"]
-        if not train_loss.update_called:
+        if train_loss.update_count == 0:
             return
         loss = train_loss.compute()
         if torch.isfinite(loss):
             return
         rates = [group["lr"] for opt in self.trainer.optimizers for group in opt.param_groups]
-        lr = rates[0] if rates else getattr(self, "lr", None)
+        lr = rates[0] if rates else None
         hint = f" ({lr:g}); try e.g. {lr / 100:g}" if isinstance(lr, float) else ""
         raise LitMNISTError(
             f"Training stopped in epoch {self.current_epoch + 1}: the training loss became {loss.item()}. "
@@ -294,8 +225,6 @@ class MNISTClassifier(L.LightningModule):
         return x.to(self.device, torch.float32)
 
     def configure_optimizers(self) -> Any:
-        if self.optimizer is None:
-            return None
         optimizer = self.optimizer(self.parameters())
         if self.lr_scheduler is None:
             return optimizer

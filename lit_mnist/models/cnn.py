@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lit_mnist.models.classifier import MNISTClassifier
@@ -75,9 +74,15 @@ class CNN(MNISTClassifier):
         hidden_size: int = 625,
         conv_dropout: float = 0.2,
         hidden_dropout: float = 0.5,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        steps_per_execution: int = 1,
+        **kwargs: Any,
     ) -> None:
-        network = cnn_network(channels, hidden_size, conv_dropout, hidden_dropout)
-        super().__init__(network, optimizer, lr_scheduler, steps_per_execution=steps_per_execution)
+        """Build the network and hand it to ``MNISTClassifier``.
+
+        Args:
+            channels: Filters of each 3×3 convolution block, in order.
+            hidden_size: Units of the dense hidden layer.
+            conv_dropout: Drop probability after every block but the last.
+            hidden_dropout: Drop probability after the dense hidden layer.
+            **kwargs: ``optimizer``, ``lr_scheduler`` and ``compile``, as ``MNISTClassifier`` takes them.
+        """
+        super().__init__(cnn_network(channels, hidden_size, conv_dropout, hidden_dropout), **kwargs)

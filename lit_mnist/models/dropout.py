@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from typing import Any
 
 from lit_mnist.models.classifier import MNISTClassifier
 from lit_mnist.models.mlp import Activation, mlp_network
@@ -44,9 +42,15 @@ class DropoutMLP(MNISTClassifier):
         hidden_sizes: Sequence[int] = (128,),
         dropout: Sequence[float] = (0.2,),
         activation: Activation = "relu",
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        steps_per_execution: int = 1,
+        **kwargs: Any,
     ) -> None:
-        network = mlp_network(hidden_sizes, activation, dropout=dropout)
-        super().__init__(network, optimizer, lr_scheduler, steps_per_execution=steps_per_execution)
+        """Build the network and hand it to ``MNISTClassifier``.
+
+        Args:
+            hidden_sizes: Width of each hidden ``Dense`` layer, input side first.
+            dropout: Drop probability after each hidden layer (PyTorch's ``p``, TF1's
+                1 − ``keep_prob``); 0 puts no ``Dropout`` after that layer.
+            activation: The hidden layers' activation: ``relu``, ``sigmoid`` or ``tanh``.
+            **kwargs: ``optimizer``, ``lr_scheduler`` and ``compile``, as ``MNISTClassifier`` takes them.
+        """
+        super().__init__(mlp_network(hidden_sizes, activation, dropout=dropout), **kwargs)

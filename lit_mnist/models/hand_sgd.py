@@ -1,7 +1,8 @@
-"""Plain gradient descent written out with ``torch.autograd``, as seeds 001 and 004 do with GradientTape."""
+"""Plain gradient descent written out by hand, as seeds 001, 002 and 004 write it with GradientTape."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -10,31 +11,44 @@ from torch import nn
 from lit_mnist.models.classifier import MNISTClassifier
 
 
+class GradientDescent(torch.optim.Optimizer):
+    """The seeds' update rule ``w -= lr * grad`` for every weight, and nothing else.
+
+    The seeds take the gradients with ``tape.gradient(loss, weights)`` and then update each
+    weight by hand (``w.assign_sub(grad * learning_rate)``); here autograd fills ``w.grad``
+    (Lightning calls ``loss.backward()``) and ``step`` is that loop. Being an optimizer, it lets
+    Lightning count the steps and apply gradient clipping, accumulation and schedulers as usual.
+
+    Args:
+        params: The parameters to update.
+        lr: The learning rate.
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float) -> None:
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for w in group["params"]:
+                if w.grad is not None:
+                    w -= group["lr"] * w.grad
+        return loss
+
+
 class HandSGDClassifier(MNISTClassifier):
-    """A classifier whose training step is the seeds' GradientTape loop in PyTorch::
+    """A classifier trained by ``GradientDescent``, the seeds' hand-written update.
 
-        grads = torch.autograd.grad(loss, params)
-        p -= lr * g     # for each parameter, under torch.no_grad()
-
-    It uses Lightning's manual optimization and no optimizer object; loss, metrics and logging
-    are the base class's. Each update counts as one optimizer step, so ``trainer.global_step``,
-    ``max_steps`` and the logging steps advance as they do with an optimizer.
-
-    Not made for DDP: ``torch.autograd.grad`` does not go through DDP's gradient averaging, so
-    these models are meant for one device (any accelerator; nothing here names one).
+    Args:
+        net: The network.
+        lr: The learning rate of ``w -= lr * grad``.
+        num_classes: Number of classes the metrics count.
     """
 
     def __init__(self, net: nn.Module, lr: float, num_classes: int = 10) -> None:
-        super().__init__(net, optimizer=None, num_classes=num_classes)
-        self.automatic_optimization = False
+        super().__init__(net, optimizer=lambda params: GradientDescent(params, lr), num_classes=num_classes)
         self.lr = lr
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, "train")[0]
-        params = [p for p in self.parameters() if p.requires_grad]
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            for p, g in zip(params, grads, strict=True):
-                p -= self.lr * g
-        self._count_optimizer_step()
-        return loss

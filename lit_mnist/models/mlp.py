@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
-import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lit_mnist.errors import LitMNISTError
@@ -62,12 +60,13 @@ class MLP(MNISTClassifier):
     """
 
     def __init__(
-        self,
-        hidden_sizes: Sequence[int] = (128, 256),
-        activation: Activation = "relu",
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        steps_per_execution: int = 1,
+        self, hidden_sizes: Sequence[int] = (128, 256), activation: Activation = "relu", **kwargs: Any
     ) -> None:
-        network = mlp_network(hidden_sizes, activation)
-        super().__init__(network, optimizer, lr_scheduler, steps_per_execution=steps_per_execution)
+        """Build the network and hand it to ``MNISTClassifier``.
+
+        Args:
+            hidden_sizes: Width of each hidden ``Dense`` layer, input side first.
+            activation: The hidden layers' activation: ``relu``, ``sigmoid`` or ``tanh``.
+            **kwargs: ``optimizer``, ``lr_scheduler`` and ``compile``, as ``MNISTClassifier`` takes them.
+        """
+        super().__init__(mlp_network(hidden_sizes, activation), **kwargs)

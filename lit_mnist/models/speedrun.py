@@ -45,9 +45,16 @@ class SpeedrunCNN(MNISTClassifier):
         self,
         channels: Sequence[int] = (32, 64, 128),
         optimizer: OptimizerCallable = torch.optim.Adam,
-        steps_per_execution: int = 1,
+        compile: bool = False,
     ) -> None:
-        super().__init__(speedrun_network(channels), optimizer, steps_per_execution=steps_per_execution)
+        """Build the network and hand it to ``MNISTClassifier``.
+
+        Args:
+            channels: Filters of each 3×3 convolution block, in order.
+            optimizer: The optimizer; its learning rate is the one-cycle schedule's peak.
+            compile: Compile the network with ``torch.compile``, as ``MNISTClassifier`` does.
+        """
+        super().__init__(speedrun_network(channels), optimizer, compile=compile)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.parameters())
