@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins.io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -235,6 +236,29 @@ def _user_error_in(err: BaseException | None) -> LitMNISTError | None:
     return None
 
 
+#: Words in the errors that gloo and NCCL raise when another process of the run died or stopped answering.
+_PEER_FAILURE_MARKERS = ("closed by peer", "reset by peer", "timed out", "timeout", "nccl", "gloo")
+
+
+def _peer_failure(err: BaseException) -> str | None:
+    """One sentence for an error raised because another process of a distributed run failed, else ``None``."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size < 2 or not isinstance(err, RuntimeError):
+        return None
+    text = str(err)
+    distributed_error = getattr(torch.distributed, "DistError", ())
+    if not (isinstance(err, distributed_error) or any(m in text.lower() for m in _PEER_FAILURE_MARKERS)):
+        return None
+    detail = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    detail = detail.split("] ", 1)[-1] if detail.startswith("[") else detail  # drop gloo's source location
+    detail = detail.split(". ", 1)[0]  # gloo goes on with advice that is no longer true here
+    rank = os.environ.get("RANK", "?")
+    return (
+        f"rank {rank} of {world_size} stopped: another process of the distributed run died or stopped "
+        f"answering ({detail.rstrip('.')}); look in the other machines' logs for the cause."
+    )
+
+
 def main(args: Any = None) -> None:
     """Entry point of ``python -m lit_mnist`` and the ``lit-mnist`` script."""
     argv = sys.argv[1:] if args is None else args
@@ -255,6 +279,12 @@ def main(args: Any = None) -> None:
         if cause is None:
             raise
         print(f"error: {cause}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except RuntimeError as err:
+        message = _peer_failure(err)
+        if message is None or os.environ.get("LIT_MNIST_DEBUG"):
+            raise
+        print(f"error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
     except OSError as err:
         if err.filename is None or os.environ.get("LIT_MNIST_DEBUG"):
