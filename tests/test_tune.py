@@ -236,7 +236,7 @@ def test_sigkill_mid_trial_then_the_same_command_finishes_the_study(work: Path) 
     (work / "space.yaml").write_text(
         "model.init_args.optimizer.init_args.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
     )
-    # trials long enough to be killed in: 40 epochs of 2 batches
+    # trials long enough to be killed in: 200 epochs of 2 batches
     args = [
         "--search",
         "space.yaml",
@@ -248,12 +248,12 @@ def test_sigkill_mid_trial_then_the_same_command_finishes_the_study(work: Path) 
         "0",
         *FIT,
         "--trainer.max_epochs",
-        "40",
+        "200",
     ]
     log = work / "first.log"
     proc = _popen(args, work, log)
     _wait_for(log, "=== Trial 1 ", proc)
-    _wait_for(log, "Epoch 1", proc)
+    time.sleep(1.0)  # inside trial 1's fit (200 epochs take about 10 s)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     result = run_cli("tune", *args, cwd=work)
