@@ -265,6 +265,10 @@ def main(args: Any = None) -> None:
     try:
         if isinstance(argv, list) and argv[:1] == ["export"]:
             return export.main(argv[1:])
+        if isinstance(argv, list) and argv[:1] == ["tune"]:
+            from lit_mnist import tune  # Optuna is imported only by the command that uses it
+
+            return tune.main(argv[1:])
         LitMNISTCLI(args=args)
     except LitMNISTError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,0 +1,333 @@
+"""``python -m lit_mnist tune``: search spaces, samplers, failures, resuming and sharing a study."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from conftest import REPO, run_cli, write_idx, write_mnist
+
+from lit_mnist import tune
+from lit_mnist.cli import main
+from lit_mnist.data.mnist import ensure_mnist_files, load_mnist
+
+#: Every trial: the seed-000 MLP on 80 tiny training images, 1 epoch, 2 batches.
+FIT = [
+    "--config",
+    str(REPO / "configs" / "mlp.yaml"),
+    "--data.data_dir",
+    "data",
+    "--data.val_size",
+    "40",
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "2",
+    "--trainer.logger.init_args.log_graph",
+    "false",
+]
+GRID = """\
+model.init_args.optimizer.init_args.lr: {type: grid, values: [0.001, 0.01]}
+data.batch_size: {type: categorical, choices: [16, 32]}
+"""
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """A folder with tiny MNIST under data/, where tune runs."""
+    write_mnist(tmp_path / "data")
+    return tmp_path
+
+
+def trials(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_visits_each_point_once_and_best_yaml_trains(work: Path) -> None:
+    (work / "grid.yaml").write_text(GRID)
+    result = run_cli("tune", "--search", "grid.yaml", "--sampler", "grid", *FIT, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = work / "lightning_logs" / "tune_mlp"
+    rows = trials(study / "trials.csv")
+    lr, bs = "model.init_args.optimizer.init_args.lr", "data.batch_size"
+    assert sorted((float(r[lr]), int(r[bs])) for r in rows) == [
+        (0.001, 16),
+        (0.001, 32),
+        (0.01, 16),
+        (0.01, 32),
+    ]
+    assert {r["state"] for r in rows} == {"COMPLETE"}
+    for r in rows:
+        assert (study / f"trial_{r['number']}" / "checkpoints" / "last.ckpt").is_file()
+        assert list((study / f"trial_{r['number']}").glob("events.out.tfevents.*"))
+    assert "Best trial's test accuracy" in result.stdout
+    assert "| number |" in result.stdout
+
+    best = study / "best.yaml"
+    fit = run_cli("fit", "--config", str(best), "--trainer.limit_train_batches", "1", cwd=work)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert list((work / "lightning_logs" / "tune_mlp-best").glob("version_0/checkpoints/last.ckpt"))
+
+
+@pytest.mark.parametrize("sampler", [optuna.samplers.RandomSampler, optuna.samplers.TPESampler])
+def test_samplers_stay_in_range_and_respect_log(sampler: type, tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}\n"
+        "p: {type: float, low: 1.0e-4, high: 1.0e-1}\n"
+        "n: {type: int, low: 8, high: 64, step: 8}\n"
+        "c: {type: categorical, choices: [[64, 128], relu, 3]}\n"
+    )
+    space = tune.load_space(path)
+    study = optuna.create_study(sampler=sampler(seed=0))
+    seen = []
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for _ in range(60):
+        trial = study.ask()
+        values = tune.suggest(trial, space)
+        seen.append(values)
+        study.tell(trial, -abs(np.log10(values["lr"]) + 2.5))
+    lrs, ps = np.array([v["lr"] for v in seen]), np.array([v["p"] for v in seen])
+    assert ((lrs >= 1e-4) & (lrs <= 1e-1)).all() and ((ps >= 1e-4) & (ps <= 1e-1)).all()
+    assert {v["n"] for v in seen} <= set(range(8, 65, 8))
+    assert {v["c"] for v in seen} <= {"[64, 128]", "relu", 3}
+    # log-uniform puts about a third of the draws below 1e-3 (a tenth of a percent of the linear range)
+    assert (lrs < 1e-3).mean() > 0.1
+    assert (ps < 1e-3).mean() < 0.1
+    assert tune.overrides({"c": "[64, 128]", "n": 16}) == ["--c=[64, 128]", "--n=16"]
+
+
+def real_mnist(root: Path, n_train: int = 600, n_test: int = 100) -> Path:
+    """The first images of the vendored MNIST as IDX files under ``root``; returns ``root``."""
+    ensure_mnist_files(REPO / "data")
+    images, labels = load_mnist(REPO / "data", train=True)
+    test_images, test_labels = load_mnist(REPO / "data", train=False)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    write_idx(raw / "train-images-idx3-ubyte", images[:n_train].numpy())
+    write_idx(raw / "train-labels-idx1-ubyte", labels[:n_train].numpy())
+    write_idx(raw / "t10k-images-idx3-ubyte", test_images[:n_test].numpy())
+    write_idx(raw / "t10k-labels-idx1-ubyte", test_labels[:n_test].numpy())
+    return root
+
+
+def test_a_diverging_trial_is_pruned_or_failed_and_the_study_completes(tmp_path: Path) -> None:
+    real_mnist(tmp_path / "data")
+    work = tmp_path
+    (work / "bad.yaml").write_text(
+        "model.init_args.optimizer.init_args.lr: {type: grid, values: [0.001, 0.002, 1000.0]}\n"
+    )
+    args = [
+        "--search",
+        "bad.yaml",
+        "--sampler",
+        "grid",
+        "--study_name",
+        "bad",
+        "--n_startup_trials",
+        "2",
+        *FIT,
+    ]
+    args += ["--data.val_size", "200", "--trainer.limit_train_batches", "12"]
+    result = run_cli("tune", *args, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {
+        float(r["model.init_args.optimizer.init_args.lr"]): r
+        for r in trials(work / "lightning_logs" / "bad" / "trials.csv")
+    }
+    assert rows[1000.0]["state"] in ("FAIL", "PRUNED")
+    assert "loss became" in rows[1000.0]["error"] or "pruned" in rows[1000.0]["error"]
+    assert float(rows[0.001]["val/acc"]) > 0.5  # the data is learnable: the bad trial is bad, not unlucky
+    assert rows[0.001]["state"] == "COMPLETE"
+    assert (work / "lightning_logs" / "bad" / "best.yaml").is_file()
+
+
+BAD_SPACES = [
+    ("no_such.key: {type: float, low: 0.1, high: 1.0}", "no_such.key is not a fit option"),
+    (
+        "model.init_args.dropout: {type: float, low: 0.1, high: 0.5}",
+        "model.init_args.dropout is not an option of lit_mnist.MLP",
+    ),
+    (
+        "model.init_args.optimizer.init_args.lr: {type: float, low: 0.1, high: 0.01}",
+        "empty or inverted range",
+    ),
+    ("data.batch_size: {type: int, low: 32, high: 32}", "empty or inverted range"),
+    (
+        "model.init_args.optimizer.init_args.lr: {type: float, low: 0.0, high: 0.1, log: true}",
+        "needs low above 0",
+    ),
+    ("data.batch_size: {type: categorical, choices: []}", "non-empty list of choices"),
+    ("data.batch_size: {type: normal, mean: 3}", "type: one of float, int, categorical, grid"),
+    ("data.batch_size: {type: int, low: 1, hight: 9}", "hight"),
+    ("data.batch_size: {type: categorical, choices: [16, abc]}", "data.batch_size = abc is refused by fit"),
+    ("", "is empty"),
+    ("a: [1, 2", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_SPACES)
+def test_a_bad_search_space_is_refused_before_any_trial(
+    text: str, message: str, work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(work)
+    (work / "space.yaml").write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tune", "--search", "space.yaml", *FIT])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err
+    assert len(err.splitlines()) == 1
+    assert not (work / "lightning_logs" / "tune_mlp").exists()  # no study, no trial
+
+
+def test_a_float_range_under_grid_and_bad_options_are_refused(
+    work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(work)
+    (work / "space.yaml").write_text(
+        "model.init_args.optimizer.init_args.lr: {type: float, low: 0.001, high: 0.1}\n"
+    )
+    for extra, message in (
+        (["--sampler", "grid"], "--sampler grid cannot walk the float range"),
+        (["--n_trials", "0"], "--n_trials must be 1 or more"),
+        (["--sampler", "bayes"], "invalid choice"),
+        (["--trainer.max_epochs", "many"], "fit refuses these arguments"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["tune", "--search", "space.yaml", *FIT, *extra])
+        assert exit_info.value.code == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err, err
+
+
+def _popen(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "lit_mnist", "tune", *args],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+
+
+def test_sigkill_mid_trial_then_the_same_command_finishes_the_study(work: Path) -> None:
+    (work / "space.yaml").write_text(
+        "model.init_args.optimizer.init_args.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+    )
+    # trials long enough to be killed in: 200 epochs of 2 batches
+    args = [
+        "--search",
+        "space.yaml",
+        "--n_trials",
+        "3",
+        "--sampler",
+        "random",
+        "--seed",
+        "0",
+        *FIT,
+        "--trainer.max_epochs",
+        "200",
+    ]
+    log = work / "first.log"
+    proc = _popen(args, work, log)
+    _wait_for(log, "=== Trial 1 ", proc)
+    time.sleep(1.0)  # inside trial 1's fit (200 epochs take about 10 s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    result = run_cli("tune", *args, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Trial 1 was left running by a process that stopped: marked failed." in result.stdout
+    rows = trials(work / "lightning_logs" / "tune_mlp" / "trials.csv")
+    assert [(r["number"], r["state"]) for r in rows] == [("0", "COMPLETE"), ("1", "FAIL"), ("2", "COMPLETE")]
+    assert "stopped mid-trial" in rows[1]["error"]
+
+
+def _share(args: list[str], work: Path) -> list[str]:
+    logs = [work / f"p{i}.log" for i in range(2)]
+    procs = [_popen(args, work, log) for log in logs]
+    for proc in procs:
+        proc.wait(timeout=240)
+    outputs = [log.read_text() for log in logs]
+    for proc, out in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, out[-3000:]
+    return outputs
+
+
+def _ran(output: str) -> set[int]:
+    return {int(line.split()[2]) for line in output.splitlines() if line.startswith("=== Trial ")}
+
+
+def test_two_processes_share_one_study(work: Path) -> None:
+    (work / "space.yaml").write_text(
+        "model.init_args.optimizer.init_args.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+    )
+    outputs = _share(["--search", "space.yaml", "--n_trials", "5", "--sampler", "random", *FIT], work)
+    first, second = _ran(outputs[0]), _ran(outputs[1])
+    assert not first & second and first | second == set(range(5))
+    rows = trials(work / "lightning_logs" / "tune_mlp" / "trials.csv")
+    assert len(rows) == 5 and {r["state"] for r in rows} == {"COMPLETE"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+POSTGRES_BIN = Path("/usr/lib/postgresql")
+pg_bins = sorted(POSTGRES_BIN.glob("*/bin/pg_ctl")) if POSTGRES_BIN.is_dir() else []
+
+
+@pytest.mark.skipif(
+    not pg_bins or os.geteuid() != 0,
+    reason="needs Debian's postgresql package and root to run it as postgres",
+)
+def test_two_processes_share_a_postgresql_study(work: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    pytest.importorskip("psycopg2")
+    bin_dir = pg_bins[-1].parent
+    pgdata = tmp_path_factory.mktemp("pg") / "data"
+    pgdata.parent.chmod(0o777)
+    shutil.chown(pgdata.parent, "postgres")
+    port = _free_port()
+
+    def as_postgres(*cmd: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *cmd], check=True, capture_output=True, timeout=60)
+
+    as_postgres(str(bin_dir / "initdb"), "-D", str(pgdata), "-A", "trust", "-U", "postgres")
+    options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={pgdata}"
+    as_postgres(str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-o", options, "-w", "start")
+    try:
+        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        (work / "space.yaml").write_text(
+            "model.init_args.optimizer.init_args.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+        )
+        args = ["--search", "space.yaml", "--n_trials", "4", "--storage", url, "--study_name", "pg", *FIT]
+        outputs = _share(args, work)
+        first, second = _ran(outputs[0]), _ran(outputs[1])
+        assert not first & second and first | second == set(range(4))
+        study = optuna.load_study(study_name="pg", storage=url)
+        assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    finally:
+        as_postgres(str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-m", "immediate", "stop")
