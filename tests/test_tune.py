@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -305,11 +306,13 @@ pg_bins = sorted(POSTGRES_BIN.glob("*/bin/pg_ctl")) if POSTGRES_BIN.is_dir() els
     reason="needs Debian's postgresql package and root to run it as postgres",
 )
 def test_two_processes_share_a_postgresql_study(work: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    pytest.importorskip("psycopg2")
+    pytest.importorskip("psycopg")
     bin_dir = pg_bins[-1].parent
-    pgdata = tmp_path_factory.mktemp("pg") / "data"
-    pgdata.parent.chmod(0o777)
-    shutil.chown(pgdata.parent, "postgres")
+    # pytest's temporary folders are private to root (0700): the postgres user needs its own.
+    pg_root = Path(tempfile.mkdtemp(prefix="lit_mnist_pg_"))
+    pg_root.chmod(0o755)
+    shutil.chown(pg_root, "postgres")
+    pgdata = pg_root / "data"
     port = _free_port()
 
     def as_postgres(*cmd: str) -> None:
@@ -317,9 +320,11 @@ def test_two_processes_share_a_postgresql_study(work: Path, tmp_path_factory: py
 
     as_postgres(str(bin_dir / "initdb"), "-D", str(pgdata), "-A", "trust", "-U", "postgres")
     options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={pgdata}"
-    as_postgres(str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-o", options, "-w", "start")
+    as_postgres(str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-o", options, "-l", str(pg_root / "log"), "-w", "start")
     try:
         url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        # Optuna creates its tables on first use; two processes doing it at once can collide (see the note).
+        optuna.storages.RDBStorage(url)
         (work / "space.yaml").write_text(
             "model.init_args.optimizer.init_args.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
         )
@@ -331,3 +336,4 @@ def test_two_processes_share_a_postgresql_study(work: Path, tmp_path_factory: py
         assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
     finally:
         as_postgres(str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-m", "immediate", "stop")
+        shutil.rmtree(pg_root, ignore_errors=True)
