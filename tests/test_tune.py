@@ -320,7 +320,9 @@ def test_two_processes_share_a_postgresql_study(work: Path, tmp_path_factory: py
 
     as_postgres(str(bin_dir / "initdb"), "-D", str(pgdata), "-A", "trust", "-U", "postgres")
     options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={pgdata}"
-    as_postgres(str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-o", options, "-l", str(pg_root / "log"), "-w", "start")
+    as_postgres(
+        str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-o", options, "-l", str(pg_root / "log"), "-w", "start"
+    )
     try:
         url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         # Optuna creates its tables on first use; two processes doing it at once can collide (see the note).
