@@ -71,7 +71,7 @@ learning_rate = 1e-3
 
 
 def update_weights(gradients, weights):
-    for g, w in zip(gradients, weights):
+    for g, w in zip(gradients, weights, strict=True):
         w.assign_sub(g * learning_rate)
 
 
