@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import py_compile
 import re
 import subprocess
 import sys
@@ -36,3 +37,41 @@ def test_bench_fit_cpu_smoke():
     lit, plain = (float(x) for x in re.search(r"lightning ([\d.]+) %, plain ([\d.]+) %", out).groups())
     assert re.search(r"ratio lightning/plain: [\d.]+", out)
     assert 0 <= lit <= 100 and plain > 80  # the plain loop trains a full epoch
+
+
+def test_vs_keras_lit_side_row(tmp_path):
+    """The lit side of vs_keras.py runs for real (no TensorFlow) and its table row carries its numbers."""
+    out_file = tmp_path / "vs_keras.md"
+    out = _run(
+        "vs_keras.py", "--lit-only", "--models", "linear", "--rounds", "2", "--epochs", "2", "--out", str(out_file),
+        "--", "--trainer.limit_train_batches", "20",
+    )  # fmt: skip
+    row = re.search(
+        r"^\| linear \| 2 \| 200 \| — \| ([\d.]+) \(([\d.]+)–([\d.]+)\) \| — \| .* \| — \| ([\d.]+) \(",
+        out,
+        re.M,
+    )
+    assert row, out
+    median, low, high, acc = (float(x) for x in row.groups())
+    assert 0 < low <= median <= high < 30
+    assert 50 < acc <= 100  # 2 × 20 batches of 200 images already put a linear model well above chance
+    assert out_file.read_text() == out[out.index("Measured") :]
+    assert re.search(r"on .+, \d+ cores; Python [\d.]+, torch ", out)
+
+
+def test_keras_scripts_compile_without_tensorflow(tmp_path):
+    scripts = sorted((REPO / "benchmarks" / "keras").glob("*.py"))
+    names = {p.stem for p in scripts}
+    assert {"mlp", "dropout", "dense512", "scratch", "linear", "fc_sigmoid", "modern_mlp", "cnn"} <= names
+    for script in scripts:
+        py_compile.compile(str(script), cfile=str(tmp_path / f"{script.stem}.pyc"), doraise=True)
+
+
+def test_vs_keras_refuses_an_unknown_model():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/vs_keras.py", "--lit-only", "--models", "resnet"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: unknown model 'resnet'")
+    assert "Traceback" not in result.stderr

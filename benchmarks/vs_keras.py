@@ -1,0 +1,266 @@
+"""Each seed model's own Keras code against ``python -m lit_mnist fit`` on its config, interleaved.
+
+    python benchmarks/vs_keras.py [--models mlp cnn ...] [--rounds 3] [--epochs N] [--out FILE]
+                                  [--lit-only] [-- extra lit_mnist fit arguments]
+
+The Keras side is ``benchmarks/keras/<model>.py`` (the tutorials' code, see its docstrings), run in
+a separate virtual environment with ``tensorflow==2.21.0`` that this script creates on first use
+(``benchmarks/.keras-venv``, git-ignored; TensorFlow is never a project dependency). The lit side
+is ``python -m lit_mnist fit --config configs/<model>.yaml --data.val_size 0
+--trainer.max_epochs E --checkpoint.monitor null``, plus a callback (``EpochSeconds`` below) that
+prints each training epoch's wall time. Both train on all 60,000 images, with default thread
+settings, and test on the 10,000 test images. Each round runs, for every model, Keras then lit.
+
+Printed per model: the steady s/epoch of each side (per run the median of the epochs after the
+first; the table gives the median over rounds and the range), the median over rounds of the ratio
+lit/Keras of the two runs of that round, and both test accuracies (median over rounds), as a
+Markdown table with the date, the machine and the versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from lit_mnist.callbacks import EpochTimer
+
+REPO = Path(__file__).resolve().parents[1]
+TENSORFLOW = "tensorflow==2.21.0"
+#: model -> (default epochs, batch size, target ratio lit/Keras from issue 11).
+MODELS = {
+    "mlp": (3, 32, 0.8),
+    "dropout": (3, 32, 1.0),
+    "dense512": (3, 128, 1.0),
+    "scratch": (4, 128, 1.0),
+    "linear": (5, 200, 1.0),
+    "fc_sigmoid": (3, 50, 1.0),
+    "modern_mlp": (3, 100, 1.0),
+    "cnn": (3, 50, 0.8),
+}
+EPOCH_LINE = re.compile(r"^vs_keras epoch=(\d+) seconds=([\d.]+)$", re.MULTILINE)
+KERAS_ACC_LINE = re.compile(r"^vs_keras test_acc=([\d.]+)$", re.MULTILINE)
+LIT_ACC_LINE = re.compile(r"^Test accuracy ([\d.]+) %", re.MULTILINE)
+
+
+class EpochSeconds(EpochTimer):
+    """``EpochTimer`` that also prints ``vs_keras epoch=<k> seconds=<s>`` after each training epoch."""
+
+    def __init__(self) -> None:  # no arguments: the CLI's saved config cannot hold Timer's enum
+        super().__init__()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if trainer.is_global_zero:
+            print(
+                f"vs_keras epoch={trainer.current_epoch + 1} seconds={self.epoch_times[-1]:.6f}", flush=True
+            )
+
+
+class BenchmarkError(Exception):
+    """A problem this script reports in one sentence."""
+
+
+def keras_python(venv: Path) -> Path:
+    """The TensorFlow venv's python, creating the venv (``python -m venv`` + pip) on first use."""
+    python, stamp = venv / "bin" / "python", venv / f".installed-{TENSORFLOW}"
+    if stamp.exists() and python.exists():
+        return python
+    print(f"Creating {venv} with {TENSORFLOW} (first use; a few minutes)", file=sys.stderr, flush=True)
+    try:
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", TENSORFLOW],
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise BenchmarkError(f"could not create the TensorFlow venv {venv}: {err}") from None
+    stamp.touch()
+    return python
+
+
+def _run(command: list[str], env: dict[str, str], what: str) -> str:
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise BenchmarkError(f"{what} exited with {result.returncode}: {tail[0]}")
+    return result.stdout
+
+
+def parse_run(output: str, accuracy_line: re.Pattern[str], what: str) -> tuple[list[float], float]:
+    """Per-epoch seconds and the test accuracy (percent) from one run's output."""
+    epochs = [(int(k), float(s)) for k, s in EPOCH_LINE.findall(output)]
+    found = accuracy_line.search(output)
+    if not epochs or found is None:
+        raise BenchmarkError(f"{what} printed no epoch times or no test accuracy")
+    return [s for _, s in sorted(epochs)], float(found.group(1))
+
+
+def steady(times: list[float]) -> float:
+    """Median of the epochs after the first (the only epoch when there is one)."""
+    return statistics.median(times[1:] or times)
+
+
+def run_keras(python: Path, model: str, epochs: int) -> tuple[list[float], float]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
+    command = [str(python), f"benchmarks/keras/{model}.py", "--epochs", str(epochs)]
+    return parse_run(_run(command, env, f"keras {model}"), KERAS_ACC_LINE, f"keras {model}")
+
+
+def run_lit(model: str, epochs: int, extra: list[str], log_dir: str) -> tuple[list[float], float]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "benchmarks"), env.get("PYTHONPATH", "")])
+    command = [
+        sys.executable, "-m", "lit_mnist", "fit", "--config", f"configs/{model}.yaml",
+        "--data.val_size", "0", "--trainer.max_epochs", str(epochs),
+        # no validation: keep the final weights (test_after_fit tests them)
+        "--checkpoint.monitor", "null", "--checkpoint.filename", "epoch{epoch:02d}",
+        "--trainer.logger.init_args.save_dir", log_dir,
+        "--trainer.callbacks+=vs_keras.EpochSeconds", *extra,
+    ]  # fmt: skip
+    return parse_run(_run(command, env, f"lit_mnist {model}"), LIT_ACC_LINE, f"lit_mnist {model}")
+
+
+def _spread(values: list[float], digits: int = 2) -> str:
+    if not values:
+        return "—"
+    median = f"{statistics.median(values):.{digits}f}"
+    if len(values) == 1:
+        return median
+    return f"{median} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions(python: Path | None) -> str:
+    import torch
+
+    parts = [
+        f"Python {platform.python_version()}",
+        f"torch {torch.__version__}",
+        f"lightning {L.__version__}",
+    ]
+    if python is not None:
+        out = subprocess.run(
+            [str(python), "-c", "import tensorflow as t, keras as k; print(t.__version__, k.__version__)"],
+            capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        ).stdout.split()  # fmt: skip
+        if len(out) == 2:
+            parts += [f"TensorFlow {out[0]}", f"Keras {out[1]}"]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if commit.returncode == 0:
+        parts.append(f"lit_mnist {commit.stdout.strip()}")
+    return ", ".join(parts)
+
+
+def table(results: dict[str, dict[str, Any]], rounds: int, python: Path | None) -> str:
+    """The Markdown report of the measured ``results`` (per model: epochs and per-round runs)."""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"Measured {now} with `python benchmarks/vs_keras.py` ({rounds} interleaved rounds, "
+        f"all 60,000 training images, default threads) on {_cpu_model()}, {os.cpu_count()} cores; "
+        f"{_versions(python)}.",
+        "",
+        "| model | epochs | batch | Keras s/epoch | lit_mnist s/epoch | ratio lit/Keras | target | Keras test acc | lit_mnist test acc |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, r in results.items():
+        keras, lit = r["keras"], r["lit"]
+        ratios = [steady(li[0]) / steady(ke[0]) for ke, li in zip(keras, lit, strict=False)]
+        target = MODELS[model][2]
+        met = "—" if not ratios else ("met" if statistics.median(ratios) <= target else "not met")
+        lines.append(
+            f"| {model} | {r['epochs']} | {MODELS[model][1]} | {_spread([steady(t) for t, _ in keras])} "
+            f"| {_spread([steady(t) for t, _ in lit])} | {_spread(ratios)} | ≤ {target}: {met} "
+            f"| {_spread([a for _, a in keras])} % | {_spread([a for _, a in lit])} % |".replace(
+                "| — % ", "| — "
+            )
+        )
+        if r["failed"]:
+            lines.append(f"| {model} failed: {r['failed']} | | | | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    extra: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, extra = argv[:at], argv[at + 1 :]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--models", nargs="+", default=list(MODELS), metavar="MODEL", help=f"of {', '.join(MODELS)}"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved Keras/lit rounds (default 3)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="epochs of every run (default: per model, 3 to 5)"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="also write the Markdown table to this file")
+    parser.add_argument("--lit-only", action="store_true", help="run only the lit_mnist side (no TensorFlow)")
+    parser.add_argument("--keras-venv", type=Path, default=REPO / "benchmarks" / ".keras-venv")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        raise BenchmarkError(f"unknown model {unknown[0]!r}: choose from {', '.join(MODELS)}")
+    if args.rounds < 1 or (args.epochs is not None and args.epochs < 1):
+        raise BenchmarkError("--rounds and --epochs must be 1 or more")
+    return args, extra
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, extra = parse_args(sys.argv[1:] if argv is None else argv)
+    python = None if args.lit_only else keras_python(args.keras_venv)
+    results = {
+        m: {"epochs": args.epochs or MODELS[m][0], "keras": [], "lit": [], "failed": ""} for m in args.models
+    }
+    with tempfile.TemporaryDirectory(prefix="vs_keras_") as log_dir:
+        for round_ in range(1, args.rounds + 1):
+            for model, r in results.items():
+                if r["failed"]:
+                    continue
+                try:
+                    if python is not None:
+                        r["keras"].append(run_keras(python, model, r["epochs"]))
+                    r["lit"].append(run_lit(model, r["epochs"], extra, log_dir))
+                except BenchmarkError as err:
+                    r["failed"] = str(err)
+                    print(f"round {round_} {model}: {err}", file=sys.stderr, flush=True)
+                    continue
+                keras = f"Keras {steady(r['keras'][-1][0]):.3f} s/epoch, " if python is not None else ""
+                print(
+                    f"round {round_}/{args.rounds} {model}: {keras}lit {steady(r['lit'][-1][0]):.3f} s/epoch",
+                    file=sys.stderr, flush=True,
+                )  # fmt: skip
+    report = table(results, args.rounds, python)
+    print(report, end="")
+    if args.out is not None:
+        args.out.write_text(report)
+    if any(r["failed"] for r in results.values()):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BenchmarkError as err:
+        print(f"error: {err}.", file=sys.stderr)
+        raise SystemExit(1) from None
