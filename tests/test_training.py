@@ -11,7 +11,7 @@ from conftest import REPO
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_mnist import MLP, MNISTDataModule, ScratchMLP
+from lit_mnist import MLP, MNISTDataModule
 from lit_mnist.cli import LitMNISTCLI
 
 
@@ -129,21 +129,3 @@ def test_gradient_clipping_and_accumulation_train_a_seed_config(tiny_mnist, tmp_
     assert counter.calls["before_backward"] == counter.calls["batch_end"] == 5  # 80 images / 16
     assert counter.calls["before_optimizer_step"] == cli.trainer.global_step == 3  # 2 + 2 + the last 1
     assert any(not torch.equal(a, b) for a, b in zip(before, cli.model.parameters(), strict=True))
-
-
-def test_hand_written_updates_are_the_seed_rule(tiny_mnist):
-    """ScratchMLP's step is w -= lr * grad for every weight, counted by Lightning as optimizer steps."""
-    L.seed_everything(0)
-    model = ScratchMLP(lr=0.5)
-    data = MNISTDataModule(data_dir=str(tiny_mnist), batch_size=80, val_size=40)  # one batch
-    data.prepare_data()
-    data.setup("fit")
-    x, y = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
-    start = {k: v.clone() for k, v in model.net.state_dict().items()}
-    loss = model.compute_loss(model(x), y)
-    grads = torch.autograd.grad(loss, list(model.net.parameters()))
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.fit(model, data)
-    assert trainer.global_step == 1
-    for (name, w0), g in zip(start.items(), grads, strict=True):
-        torch.testing.assert_close(model.net.state_dict()[name], w0 - 0.5 * g, msg=name)

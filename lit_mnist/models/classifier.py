@@ -97,15 +97,15 @@ class MNISTClassifier(L.LightningModule):
         outputs = self(x)
         loss = self.compute_loss(outputs, y)
         probs = self.probabilities(outputs.detach())
-        self._update_metrics(split, loss.detach(), probs, y, len(y))
+        self._update_metrics(split, loss.detach(), probs, y)
         return loss, probs
 
     def _update_metrics(
-        self, split: str, loss: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor, weight: int
+        self, split: str, loss: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor
     ) -> None:
-        """Add a batch's mean loss (weighted by ``weight``, its size) and predictions to the metrics."""
+        """Add a batch's mean loss (weighted by its size) and predictions to the split's metrics."""
         loss_metric, acc_metric = self.metrics[f"{split}_loss"], self.metrics[f"{split}_acc"]
-        loss_metric.update(loss, weight=weight)
+        loss_metric.update(loss, weight=len(targets))
         acc_metric.update(probs, targets)
         if split not in self._logged_this_epoch:
             # Lightning computes a logged Metric over all of its updates at the end of the epoch, so
