@@ -32,6 +32,14 @@ from lit_mnist.checkpoint import AtomicCheckpointIO, import_class_path, read_che
 from lit_mnist.errors import LitMNISTError
 from lit_mnist.models.classifier import MNISTClassifier
 
+#: The top of ``python -m lit_mnist --help``; ``main`` runs the last three subcommands before LightningCLI.
+DESCRIPTION = (
+    "Train, test and use the lit_mnist seed models. Subcommands: fit, validate, test, predict "
+    "(Lightning's, below); export (a checkpoint to ONNX or TorchScript); tune (an Optuna "
+    "hyper-parameter search of fit runs); serve (an HTTP API and a draw-a-digit page for a "
+    "checkpoint). Each takes --help."
+)
+
 #: ``--ckpt_path`` values that name no file; Lightning resolves them itself.
 CKPT_KEYWORDS = ("best", "hpc", "registry")
 
@@ -82,7 +90,7 @@ class LitMNISTCLI(LightningCLI):
                 "callbacks": callbacks,
             },
             parser_kwargs={
-                "description": "Train, test and use the lit_mnist seed models.",
+                "description": DESCRIPTION,
                 "prog": "lit_mnist",
             },
             parser_class=_Parser,
@@ -270,28 +278,31 @@ def main(args: Any = None) -> None:
 
             return tune.main(argv[1:])
         LitMNISTCLI(args=args)
-    except LitMNISTError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except MisconfigurationException as err:
-        # Lightning's word for settings that do not go together; its messages say which.
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except ValueError as err:
-        # jsonargparse wraps what a constructor raises in its own ValueError; find ours inside.
-        cause = _user_error_in(err)
-        if cause is None:
-            raise
-        print(f"error: {cause}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except RuntimeError as err:
-        message = _peer_failure(err)
-        if message is None or os.environ.get("LIT_MNIST_DEBUG"):
+    except Exception as err:
+        message = user_message(err)
+        if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
-    except OSError as err:
-        if err.filename is None or os.environ.get("LIT_MNIST_DEBUG"):
-            raise
-        print(f"error: cannot use {err.filename}: {err.strerror}.", file=sys.stderr)
-        raise SystemExit(1) from None
+
+
+def user_message(err: BaseException) -> str | None:
+    """The one sentence to print for an error the user can fix, or ``None`` to show the traceback.
+
+    ``LitMNISTError`` (also wrapped in jsonargparse's ``ValueError``), Lightning's
+    ``MisconfigurationException`` (settings that do not go together; its messages say which), a
+    distributed peer's failure, and a file that cannot be read or written. ``LIT_MNIST_DEBUG=1``
+    keeps the traceback of the last two.
+    """
+    if isinstance(err, MisconfigurationException):
+        return str(err)
+    cause = _user_error_in(err)
+    if cause is not None:
+        return str(cause)
+    if os.environ.get("LIT_MNIST_DEBUG"):
+        return None
+    if isinstance(err, RuntimeError):
+        return _peer_failure(err)
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"cannot use {err.filename}: {err.strerror}."
+    return None

@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     argmax the same. Problems are raised as ``LitMNISTError`` (the CLI prints them in one line).
     """
     parser = _ArgumentParser(
-        prog="python -m lit_mnist export",
+        prog="lit_mnist export",
         description="Export a checkpoint to ONNX or TorchScript and check it against PyTorch.",
     )
     parser.add_argument("--ckpt_path", required=True, help="checkpoint written by python -m lit_mnist fit")

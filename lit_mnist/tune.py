@@ -38,7 +38,7 @@ import yaml
 from jsonargparse import Namespace
 from optuna.trial import TrialState
 
-from lit_mnist.cli import LitMNISTCLI
+from lit_mnist.cli import LitMNISTCLI, user_message
 from lit_mnist.errors import LitMNISTError
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -484,11 +484,9 @@ def heartbeat(storage: Any, study: optuna.Study, number: int) -> Iterator[None]:
 
 def one_sentence(err: BaseException) -> str:
     """What went wrong in a trial, in one line."""
-    from lit_mnist.cli import _user_error_in
-
-    ours = _user_error_in(err)
+    ours = user_message(err)
     if ours is not None:
-        return str(ours)
+        return ours
     if isinstance(err, argparse.ArgumentError):
         return f"fit refused its arguments: {_reason(str(err))}"
     text = (str(err).strip().splitlines() or [""])[0]

@@ -73,11 +73,31 @@ def test_ckpt_path_last_resumes_the_previous_run(tmp_path):
     assert not (tmp_path / "mlp" / "version_1").exists()
 
 
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "export", "tune")
+
+
+@pytest.mark.parametrize("subcommand", ["export", "tune"])
+def test_subcommands_outside_lightningcli_have_help(subcommand):
+    result = run_cli(subcommand, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"usage: lit_mnist {subcommand}")
+
+
+def test_model_help_shows_what_each_parameter_means():
+    result = run_cli("fit", "--model.help", "LinearClassifier")
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = " ".join(result.stdout.split())
+    assert "An affine map" in text
+    assert "Features of each input (784 for MNIST images, 2 for the blobs)" in text
+    assert "Start W from U[0, 1) and b at 0" in text
+
+
 def test_help_and_print_config():
     help_ = run_cli("--help")
     assert help_.returncode == 0
-    for subcommand in ("fit", "validate", "test", "predict"):
-        assert subcommand in help_.stdout
+    listed = help_.stdout.replace("\n", " ")
+    for subcommand in SUBCOMMANDS:
+        assert f" {subcommand} (" in listed or f" {subcommand}," in listed, subcommand
     printed = run_cli("fit", "--config", "configs/mlp.yaml", "--data.batch_size", "64", "--print_config")
     assert printed.returncode == 0, printed.stderr[-3000:]
     assert "class_path: lit_mnist.MLP" in printed.stdout

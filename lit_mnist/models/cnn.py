@@ -57,15 +57,8 @@ class CNN(MNISTClassifier):
     flattens the third block's output before its dropout; then 625 ReLU units, dropout 0.5
     (``keep_rate_hidden`` 0.5) and 10 logits. The seed trains with RMSprop(0.001, 0.9), batch 50,
     10 epochs, and reports 99.13 % test accuracy: ``configs/cnn.yaml`` sets that optimizer (the
-    constructor's default is the base class's Adam).
-
-    What differs from TensorFlow: the seed's weights are N(0, 0.01) with no biases, PyTorch's
-    layers have biases and initialise both from U(-1/√fan_in, 1/√fan_in); TF1's RMSprop starts
-    its mean square at 1 with epsilon 1e-10 (PyTorch: 0 and 1e-8; the config uses Keras'
-    epsilon 1e-7 under the square root, as ``DropoutMLP`` explains); images are NCHW here, NHWC
-    there, so the 2,048 features are flattened in a different (equally learnable) order; the
-    seed trains on TF1's first 55,000 training images in a fixed order where ``MNISTDataModule``
-    shuffles its own split each epoch.
+    constructor's default is the base class's Adam). How the port differs from TensorFlow:
+    ``docs/porting.md``.
     """
 
     def __init__(

@@ -10,7 +10,9 @@ from lit_mnist.models.mlp import Activation, mlp_network
 
 
 class DropoutMLP(MNISTClassifier):
-    """Seed 003's network; its defaults are the seed's Keras stack::
+    """Seed 003's network with dropout, and seed 002's "modern" net through its config.
+
+    Its defaults are the seed's Keras stack::
 
         tf.keras.Sequential([Flatten(input_shape=(28, 28)),
                              Dense(128, activation='relu'),
@@ -22,19 +24,8 @@ class DropoutMLP(MNISTClassifier):
     ``dropout`` holds one drop probability per hidden layer (0: no dropout after that layer).
     Seed 002's "modern" net, ``784 → 625 relu → dropout → 625 relu → 10`` with TF1
     ``keep_prob`` 0.4 (``dropout=[0.6, 0]``) and RMSprop(0.001, 0.9), batch 100, 50 epochs, is
-    ``configs/modern_mlp.yaml``. That seed also builds a dropout of the input with keep_prob 0.7
-    but feeds the undropped input to the first layer, so the port, like the seed's code as it
-    runs, has no input dropout.
-
-    What differs from TensorFlow: ``nn.Linear`` initialises weights and biases from
-    U(-1/√fan_in, 1/√fan_in), where Keras (seed 003) uses Glorot-uniform weights and zero biases
-    and seed 002 draws N(0, 0.01) weights and has no biases at all. For seed 002, TF1's RMSprop
-    starts its mean square at 1 with epsilon 1e-10 (PyTorch: 0 and 1e-8), and the seed trains on
-    TF1's first 55,000 training images in a fixed order where ``MNISTDataModule`` shuffles its
-    own split each epoch. The config's RMSprop is Keras' (the seed's numbers as its Keras code
-    gives them today): Keras divides by √(v + 1e-7), PyTorch by √v + eps, so the config sets
-    ``eps`` to √1e-7 ≈ 3.16e-4. With PyTorch's 1e-8 instead, steps on weights with tiny gradients
-    stay large and the port ended 0.3 points lower (98.26 % for seed 0).
+    ``configs/modern_mlp.yaml``; like the seed's code as it runs, it has no input dropout.
+    How the port differs from TensorFlow: ``docs/porting.md``.
     """
 
     def __init__(

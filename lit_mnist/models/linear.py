@@ -31,12 +31,7 @@ class LinearClassifier(HandSGDClassifier):
     the other models. Inputs are flattened, so MNIST batches ``[B, 1, 28, 28]`` and blob batches
     ``[B, 2]`` both work.
 
-    What differs from TensorFlow: ``nn.Linear``'s weights and bias start from
-    U(-1/√num_inputs, 1/√num_inputs); ``uniform_init=True`` starts W from U[0, 1) and b at 0 as
-    seed 004 does (``configs/linear_blobs.yaml`` sets it), and seed 002 draws W from N(0, 0.01)
-    and has no bias. Seed 002
-    trains on TF1's first 55,000 images in a fixed order; ``MNISTDataModule`` shuffles its own
-    split each epoch.
+    How the port differs from TensorFlow: ``docs/porting.md``.
     """
 
     def __init__(
@@ -47,6 +42,16 @@ class LinearClassifier(HandSGDClassifier):
         lr: float = 0.05,
         uniform_init: bool = False,
     ) -> None:
+        """Build the affine network and hand it to ``HandSGDClassifier``.
+
+        Args:
+            num_inputs: Features of each input (784 for MNIST images, 2 for the blobs).
+            num_outputs: Logits for ``cross_entropy`` (2 or more), or 1 score for ``mse``.
+            loss: ``cross_entropy`` (softmax, seed 002) or ``mse`` of a 0/1 score (seed 004).
+            lr: The learning rate of the hand-written update ``w -= lr * grad``.
+            uniform_init: Start W from U[0, 1) and b at 0, as seed 004 does, instead of PyTorch's
+                default initialisation.
+        """
         if loss == "mse" and num_outputs != 1:
             raise LitMNISTError(f"loss 'mse' needs num_outputs 1 (a 0/1 score), got {num_outputs}.")
         if loss == "cross_entropy" and num_outputs < 2:

@@ -43,20 +43,18 @@ def mlp_network(
 
 
 class MLP(MNISTClassifier):
-    """Seed 000's multilayer perceptron; its defaults are the seed's Keras stack::
+    """Seed 000's multilayer perceptron; other widths and activations give seeds 001 and 002's.
+
+    Its defaults are the seed's Keras stack::
 
         tf.keras.Sequential([Flatten(input_shape=(28, 28)),
                              Dense(128, activation='relu'),
                              Dense(256, activation='relu'),
                              Dense(10)])                     # 136,074 parameters
 
-    trained with Adam (lr 1e-3), batch 32, 10 epochs (``configs/mlp.yaml``).
-    Other widths and activations give seed 001's Dense-512 network and seed 002's
-    620-unit sigmoid network through their configs.
-
-    What differs from TensorFlow: ``nn.Linear`` initialises weights and biases from
-    U(-1/√fan_in, 1/√fan_in); Keras uses Glorot-uniform weights and zero biases.
-    ``configs/dense512.yaml`` gives RMSprop Keras' epsilon, as ``DropoutMLP`` explains.
+    trained with Adam (lr 1e-3), batch 32, 10 epochs (``configs/mlp.yaml``); seed 001's
+    Dense-512 network is ``configs/dense512.yaml`` and seed 002's 620-unit sigmoid network
+    ``configs/fc_sigmoid.yaml``. How the port differs from TensorFlow: ``docs/porting.md``.
     """
 
     def __init__(

@@ -13,7 +13,13 @@ KERAS_EPSILON = 1e-7
 
 
 class NaiveDense(nn.Module):
-    """``activation(inputs @ W + b)`` with ``W`` drawn from U[0, 0.1) and ``b`` zero, as in the seed."""
+    """``activation(inputs @ W + b)`` with ``W`` drawn from U[0, 0.1) and ``b`` zero, as in the seed.
+
+    Args:
+        input_size: Features in.
+        output_size: Units out.
+        activation: The module applied to ``inputs @ W + b``.
+    """
 
     def __init__(self, input_size: int, output_size: int, activation: nn.Module) -> None:
         super().__init__()
@@ -47,15 +53,16 @@ class ScratchMLP(HandSGDClassifier):
     computed as Keras 3 does: probabilities clipped to [1e-7, 1 − 1e-7], their log taken as
     logits of a softmax cross-entropy (the same value and gradient as −log p[label] while no
     probability is clipped). Each batch of 128 updates every weight by ``w -= 1e-3 * grad``,
-    for 10 epochs.
-    The seed reaches about 82 % test accuracy.
-
-    What differs from TensorFlow: the seed walks the 60,000 training images in order and
-    evaluates on the test set; ``MNISTDataModule`` shuffles each epoch and holds out a
-    validation split unless ``val_size`` is 0.
+    for 10 epochs. How the port differs from TensorFlow: ``docs/porting.md``.
     """
 
     def __init__(self, hidden_size: int = 512, lr: float = 1e-3) -> None:
+        """Build the network and hand it to ``HandSGDClassifier``.
+
+        Args:
+            hidden_size: Units of the hidden ``NaiveDense`` layer.
+            lr: The learning rate of the hand-written update ``w -= lr * grad``.
+        """
         super().__init__(scratch_network(hidden_size), lr)
 
     def compute_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
