@@ -333,17 +333,31 @@ def check_values(fit_args: Sequence[str], space: dict[str, Param], search: str |
 # --------------------------------------------------------------------------------------------- study
 
 
+def open_rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage at ``url``, retried while another process creates the same tables.
+
+    Processes started together on an empty database race to create Optuna's tables, and the
+    losers get a unique-key or "already exists" error from the database; by the next attempt the
+    tables are there.
+    """
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+        except Exception as err:
+            raise LitMNISTError(f"Cannot open the storage {url}: {str(err).splitlines()[0]}") from None
+    raise AssertionError("unreachable")
+
+
 def open_study(args: argparse.Namespace, study_dir: Path) -> tuple[optuna.Study, Any, str]:
     """Create or load the study; returns it, the storage object, and where it lives."""
     if args.storage:
-        try:
-            storage: Any = optuna.storages.RDBStorage(
-                args.storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
-            )
-        except Exception as err:
-            raise LitMNISTError(
-                f"Cannot open the storage {args.storage}: {str(err).splitlines()[0]}"
-            ) from None
+        storage: Any = open_rdb_storage(args.storage)
         where = args.storage
     else:
         study_dir.mkdir(parents=True, exist_ok=True)

@@ -325,8 +325,7 @@ def test_two_processes_share_a_postgresql_study(work: Path, tmp_path_factory: py
     )
     try:
         url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-        # Optuna creates its tables on first use; two processes doing it at once can collide (see the note).
-        optuna.storages.RDBStorage(url)
+        # The database is empty: both processes create Optuna's tables at once (tune.open_rdb_storage).
         (work / "space.yaml").write_text(
             "model.init_args.optimizer.init_args.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
         )
