@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test lint install clean
+.PHONY: train test test-fast lint install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,10 +17,12 @@ install: $(STAMP)
 train: $(STAMP)
 	$(BIN)/python -m lit_mnist fit --config configs/mlp.yaml
 
-test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: lint
 	$(BIN)/python -m pytest
+
+# The inner loop: everything but the tests marked slow (real-MNIST training, notebooks, multi-process runs).
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow" -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

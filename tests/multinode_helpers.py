@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from conftest import write_idx
+from helpers import write_idx
 
 
 def write_indexed_mnist(root: Path, n_train: int, n_test: int = 40) -> Path:

@@ -6,13 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
-
-SHORT_FIT = (
-    "--trainer.max_epochs", "1",
-    "--trainer.limit_train_batches", "40",
-    "--trainer.limit_val_batches", "2",
-)  # fmt: skip
+from helpers import SHORT_FIT, run_cli
 
 
 def _logs(tmp: Path) -> tuple[str, ...]:

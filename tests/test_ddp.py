@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 def _test_acc(stdout: str) -> float:

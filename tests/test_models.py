@@ -6,10 +6,9 @@ import copy
 from collections.abc import Callable
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from conftest import REPO, run_cli
+from helpers import REPO, quiet_trainer, run_cli
 from torch import nn
 
 from lit_mnist import CNN, MLP, BlobsDataModule, DropoutMLP, LinearClassifier, ScratchMLP, SpeedrunCNN
@@ -25,17 +24,6 @@ def dense(n_in: int, n_out: int) -> int:
 
 def conv3x3(c_in: int, c_out: int) -> int:
     return 3 * 3 * c_in * c_out + c_out
-
-
-def quiet_trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        **kwargs,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import onnxruntime
 import pytest
 import torch
-from conftest import REPO, run_cli
+from helpers import REPO, SHORT_FIT, quiet_trainer, run_cli
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.model_summary import ModelSummary
 from PIL import Image, ImageDraw
@@ -43,19 +42,7 @@ IMAGE_TAGS = {
     "test/worst_errors",
 }
 SCALAR_TAGS = {"train/loss", "train/acc", "val/loss", "val/acc", "test/acc", "lr-Adam"}
-FIT_ARGS = (
-    "fit",
-    "--config",
-    "configs/mlp.yaml",
-    "--trainer.limit_train_batches",
-    "40",
-    "--trainer.limit_val_batches",
-    "2",
-    "--trainer.limit_test_batches",
-    "2",
-    "--trainer.max_epochs",
-    "1",
-)
+FIT_ARGS = ("fit", "--config", "configs/mlp.yaml", *SHORT_FIT)
 
 
 @dataclass
@@ -352,13 +339,7 @@ def test_fit_without_tensorboard(tmp_path: Path, logger: str) -> None:
 
 def test_validation_figures_every_n_epochs_and_the_last(tiny_mnist: Path, tmp_path: Path) -> None:
     logger = TensorBoardLogger(tmp_path, name="run", version=0)
-    trainer = L.Trainer(
-        max_epochs=5,
-        logger=logger,
-        callbacks=[TensorBoardFigures(every_n_epochs=2)],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-    )
+    trainer = quiet_trainer(max_epochs=5, logger=logger, callbacks=[TensorBoardFigures(every_n_epochs=2)])
     data = MNISTDataModule(data_dir=str(tiny_mnist), batch_size=40, val_size=40)  # 2 steps per epoch
     trainer.fit(MLP(), data)
     events = EventAccumulator(str(tmp_path / "run" / "version_0"), size_guidance={"images": 0})

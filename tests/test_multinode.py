@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import REPO
+from helpers import REPO
 from multinode_helpers import write_indexed_mnist
 
 MODEL = """seed_everything: 0

@@ -17,19 +17,10 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_cli, write_idx, write_mnist
+from helpers import REPO, SHORT_FIT, quiet_trainer, run_cli, write_idx, write_mnist
 
 from lit_mnist import MLP, MNISTClassifier, MNISTDataModule
 from lit_mnist.cli import main
-
-SHORT = (
-    "--trainer.max_epochs",
-    "1",
-    "--trainer.limit_train_batches",
-    "5",
-    "--trainer.limit_val_batches",
-    "1",
-)
 
 
 class Payload:
@@ -49,7 +40,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     made = {}
     for config in ("mlp", "dropout"):
         result = run_cli(
-            "fit", "--config", f"configs/{config}.yaml", *SHORT, "--test_after_fit", "false",
+            "fit", "--config", f"configs/{config}.yaml", *SHORT_FIT, "--test_after_fit", "false",
             "--trainer.logger.init_args.save_dir", str(tmp),
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-2000:]
@@ -282,7 +273,7 @@ def full_disk(tmp_path):
 
 
 def test_disk_full_names_the_checkpoint(full_disk):
-    result = run_cli(*FIT, *SHORT, "--trainer.logger.init_args.save_dir", str(full_disk))
+    result = run_cli(*FIT, *SHORT_FIT, "--trainer.logger.init_args.save_dir", str(full_disk))
     assert result.returncode == 1
     last = full_disk / "mlp" / "version_0" / "checkpoints"
     assert f"error: cannot use {last}/" in result.stderr
@@ -294,10 +285,7 @@ def test_disk_full_names_the_checkpoint(full_disk):
 def _fit_weights(data_dir: Path, seed: int) -> dict[str, torch.Tensor]:
     L.seed_everything(seed)
     model = MLP()
-    trainer = L.Trainer(
-        max_epochs=2, deterministic=True, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
+    trainer = quiet_trainer(max_epochs=2, deterministic=True)
     trainer.fit(model, MNISTDataModule(data_dir=str(data_dir), batch_size=8, val_size=20))
     return {**model.state_dict(), "val/acc": trainer.callback_metrics["val/acc"]}
 

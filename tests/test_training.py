@@ -7,7 +7,7 @@ from collections import Counter
 import lightning as L
 import pytest
 import torch
-from conftest import REPO
+from helpers import REPO, quiet_trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -21,13 +21,7 @@ def one_epoch(tmp_path_factory):
     L.seed_everything(0)
     model = MLP()
     data = MNISTDataModule(data_dir=str(REPO / "data"), batch_size=32)
-    trainer = L.Trainer(
-        max_epochs=1,
-        logger=TensorBoardLogger(str(logs), name="mlp"),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=1, logger=TensorBoardLogger(str(logs), name="mlp"))
     trainer.fit(model, data)
     results = trainer.test(model, data, verbose=False)[0]
     return trainer, results
@@ -54,7 +48,7 @@ def test_epoch_metrics_cover_every_batch(tiny_mnist):
     L.seed_everything(0)
     model = MLP(optimizer=lambda params: torch.optim.SGD(params, lr=0.0))  # weights stay fixed
     data = MNISTDataModule(data_dir=str(tiny_mnist), batch_size=16, eval_batch_size=8, val_size=40)
-    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = quiet_trainer(max_epochs=2)
     trainer.fit(model, data)
     for split in ("train", "val"):
         images, labels = data.splits[split]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from conftest import REPO, run_cli, write_idx, write_mnist
+from helpers import REPO, run_cli, write_idx, write_mnist
 
 from lit_mnist import tune
 from lit_mnist.cli import main

@@ -1,0 +1,68 @@
+"""What the tests share: tiny IDX files, the CLI as a subprocess, a quiet Trainer, one short fit."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
+
+#: One short fit for ``run_cli("fit", "--config", ..., *SHORT_FIT)``: one epoch of 40 batches,
+#: 2 validation and 2 test batches. Later arguments override it (``--trainer.max_epochs 2``).
+SHORT_FIT = (
+    "--trainer.max_epochs", "1",
+    "--trainer.limit_train_batches", "40",
+    "--trainer.limit_val_batches", "2",
+    "--trainer.limit_test_batches", "2",
+)  # fmt: skip
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (images if 3-D, labels if 1-D)."""
+    magic = IMAGES_MAGIC if array.ndim == 3 else LABELS_MAGIC
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist(root: Path, n_train: int = 120, n_test: int = 40, seed: int = 0) -> Path:
+    """A tiny MNIST in torchvision's layout under ``root``; returns ``root``."""
+    rng = np.random.default_rng(seed)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    return root
+
+
+def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m lit_mnist ARGS`` in a fresh process, output captured as text."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "lit_mnist", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def quiet_trainer(**kwargs: Any) -> L.Trainer:
+    """A CPU Trainer that writes and prints nothing (no logger, checkpoints, progress bar or summary)."""
+    defaults: dict[str, Any] = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "accelerator": "cpu",
+    }
+    return L.Trainer(**{**defaults, **kwargs})
