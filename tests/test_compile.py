@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch._dynamo
+from conftest import run_cli
 from torch._dynamo.utils import counters
 
 from lit_mnist import MLP, MNISTDataModule
@@ -43,3 +44,17 @@ def test_compiled_network_trains_like_the_eager_one(tiny_mnist):
     assert compiled.state_dict().keys() == eager.state_dict().keys()  # in place: checkpoint keys unchanged
     for key, value in eager.state_dict().items():
         torch.testing.assert_close(compiled.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_an_unknown_compile_backend_is_refused_in_one_line(tiny_mnist, tmp_path):
+    result = run_cli("fit", "--config", "configs/mlp.yaml", "--model.init_args.compile", "nonsense",
+                     "--data.init_args.data_dir", str(tiny_mnist), "--trainer.logger.init_args.save_dir", str(tmp_path))  # fmt: skip
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: model.compile is 'nonsense', not a torch.compile backend: use true, false or one of aot_eager, eager, "
+        )
+    )
+    assert "Traceback" not in result.stderr
