@@ -10,12 +10,14 @@ checkpoints, progress lines), timed per epoch by ``lit_mnist.callbacks.EpochTime
 Prints per-epoch times, their ratio (steady state: the first epoch is left out of the mean when
 there are more than two; the plain loop runs before and after ``fit`` and counts with the mean), the test accuracy of both, and peak memory. ``--memory`` also runs
 ``python -m lit_mnist fit --config ...`` for one epoch in a child process and reports its peak RSS.
+``--json PATH`` also writes every figure printed to PATH (``benchmarks/device_check.py`` reads it).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import platform
 import resource
 import statistics
@@ -90,6 +92,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--memory", action="store_true", help="also measure the peak RSS of a CLI fit")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     parser.add_argument(
         "--threads",
         type=int,
@@ -139,9 +142,30 @@ def main() -> None:
         )
     print(f"ratio lightning/plain: {lit_epoch / plain_epoch:.3f}")
     print(f"test accuracy: lightning {100 * lit_acc:.2f} %, plain {100 * plain_acc:.2f} %")
-    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process: {rss_mb:.0f} MB")
+    figures = {
+        "config": args.config,
+        "epochs": args.epochs,
+        "device": args.device,
+        "hardware": hardware,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "cli_args": args.cli_args,
+        "lightning_epoch_s": timer.epoch_times,
+        "lightning_steady_s": lit_epoch,
+        "plain_before_epoch_s": plain_before,
+        "plain_after_epoch_s": plain_after,
+        "plain_steady_s": plain_epoch,
+        "ratio": lit_epoch / plain_epoch,
+        "lightning_test_acc": 100 * lit_acc,
+        "plain_test_acc": 100 * plain_acc,
+        "peak_rss_mb": rss_mb,
+    }
     if args.device == "cuda":
-        print(f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB")
+        figures["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        print(f"peak CUDA memory: {figures['peak_cuda_mb']:.0f} MB")
     if args.memory:
         with tempfile.TemporaryDirectory() as tmp:
             command = ["fit", "--config", args.config, "--trainer.max_epochs", "1"]
@@ -152,6 +176,9 @@ def main() -> None:
             )
         rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         print(f"peak RSS of `python -m lit_mnist fit --config {args.config}` (1 epoch + test): {rss:.0f} MB")
+        figures["cli_fit_peak_rss_mb"] = rss
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -6,13 +6,15 @@
 Each run is ``python -m lit_mnist fit --config configs/<name>.yaml --seed_everything <seed>`` in its
 own process, which trains, keeps the best checkpoint by validation accuracy and tests it; the table
 reports the mean ± standard deviation of those test accuracies, next to what the seed reports and
-what its Keras code gives today (``../shared/seeds/README.md``). Not part of ``make test``.
+what its Keras code gives today (``../shared/seeds/README.md``). Arguments after ``--`` go to every
+``fit``; ``--json PATH`` also writes the table's figures, run by run, to PATH. Not part of ``make test``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import re
 import statistics
@@ -42,11 +44,13 @@ SEED_NUMBERS = {
 }
 
 
-def run(config: str, seed: int, accelerator: str, logs: Path) -> tuple[float, float, float]:
-    """Test accuracy (%), test loss and wall time (s) of one full ``fit``."""
+def run(
+    config: str, seed: int, accelerator: str, logs: Path, cli_args: tuple[str, ...] = ()
+) -> tuple[float, float, float]:
+    """Test accuracy (%), test loss and wall time (s) of one full ``fit`` (``cli_args`` appended)."""
     command = [sys.executable, "-m", "lit_mnist", "fit", "--config", f"configs/{config}.yaml"]
     command += ["--seed_everything", str(seed), "--trainer.accelerator", accelerator]
-    command += ["--trainer.logger.init_args.save_dir", str(logs)]
+    command += ["--trainer.logger.init_args.save_dir", str(logs), *cli_args]
     start = time.monotonic()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     wall = time.monotonic() - start
@@ -65,6 +69,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--output", type=Path, default=None, help="also write the table to this file")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    parser.add_argument("cli_args", nargs="*", help="overrides for every fit, after --")
     args = parser.parse_args()
 
     device = torch.cuda.get_device_name() if args.accelerator == "gpu" else f"{platform.machine()} CPU"
@@ -75,9 +81,12 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
+    figures: dict = {"device": device, "torch": torch.__version__, "cli_args": args.cli_args, "configs": []}
     with tempfile.TemporaryDirectory() as logs:
         for config in args.configs:
-            results = [run(config, seed, args.accelerator, Path(logs)) for seed in args.seeds]
+            results = [
+                run(config, seed, args.accelerator, Path(logs), tuple(args.cli_args)) for seed in args.seeds
+            ]
             accs = [r[0] for r in results]
             spread = f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
             mean = f"{statistics.mean(accs):.2f}{spread} %"
@@ -92,8 +101,23 @@ def main() -> None:
             row = f"| {config} | {seed} | {text} | {keras_today} | {mean} (n={len(accs)}) | {epochs} | {wall:.0f} s |"
             lines.append(row)
             print(row, flush=True)
+            runs = [
+                {"seed": s, "test_acc": r[0], "test_loss": r[1], "wall_s": r[2]}
+                for s, r in zip(args.seeds, results, strict=True)
+            ]
+            figures["configs"].append(
+                {
+                    "config": config,
+                    "epochs": epochs,
+                    "runs": runs,
+                    "mean_test_acc": statistics.mean(accs),
+                    "mean_wall_s": wall,
+                }
+            )
     if args.output:
         args.output.write_text("\n".join(lines) + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ which is the training time. What is not training time is reported on its own lin
 imports, reading MNIST into memory, and one untimed warm-up fit (CUDA context,
 cuDNN autotuning, first kernel launches) before the timed seeds. Each seed's test accuracy is
 that of the final weights on the 10,000 test images. Arguments after ``--`` go to the CLI.
+``--json PATH`` also writes every figure printed to PATH (``benchmarks/device_check.py`` reads it).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ START = time.monotonic()
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
+import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import lightning  # noqa: E402
 import torch  # noqa: E402
@@ -56,6 +59,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--seeds", type=int, default=5, help="timed runs, seeds 0 … N-1")
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed first fit")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     parser.add_argument("cli_args", nargs="*", help="CLI overrides, after --")
     args = parser.parse_args()
 
@@ -87,6 +91,24 @@ def main() -> None:
         print(f"untimed warm-up fit (seed 1000): {warmup[0]:.3f} s, {warmup[1]:.2f} %")
     met = statistics.mean(accs) >= 99.0 and min(accs) >= 98.9 and statistics.mean(times) <= 0.5
     print(f"target (mean ≥ 99.0 %, each ≥ 98.9 %, ≤ 0.5 s): {'met' if met else 'not met'}")
+    if args.json:
+        figures = {
+            "config": args.config,
+            "device": args.device,
+            "hardware": hardware,
+            "torch": torch.__version__,
+            "lightning": lightning.__version__,
+            "cli_args": args.cli_args,
+            "runs": [{"seed": seed, "fit_s": r[0], "test_acc": r[1]} for seed, r in enumerate(runs)],
+            "mean_fit_s": statistics.mean(times),
+            "mean_test_acc": statistics.mean(accs),
+            "min_test_acc": min(accs),
+            "imports_s": IMPORTED - START,
+            "read_mnist_s": statistics.mean(r[2] for r in runs),
+            "warmup_fit_s": None if warmup is None else warmup[0],
+            "target_met": met,
+        }
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":

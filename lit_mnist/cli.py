@@ -65,6 +65,7 @@ class _SaveConfigToRunFolder(SaveConfigCallback):
 
 class LitMNISTCLI(LightningCLI):
     def __init__(self, args: Any = None, run: bool = True) -> None:
+        self._same_checkpoint: _SameCheckpointOnEveryRank | None = None
         _quiet_lightning_noise()
         callbacks = [] if sys.stdout.isatty() else [LineProgressBar()]
         callbacks.append(KerasModelSummary())
@@ -136,11 +137,19 @@ class LitMNISTCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if ckpt_path is None or ckpt_path in CKPT_KEYWORDS:
             return
-        if ckpt_path == "last":
+        last = ckpt_path == "last"
+        if last:
             ckpt_path = self._find_last(config, logger)
             if ckpt_path is None:
+                self._same_checkpoint = _SameCheckpointOnEveryRank("no last.ckpt (training from scratch)")
                 return
-        _check_model_class(read_checkpoint(ckpt_path), ckpt_path, config.model)
+        checkpoint = read_checkpoint(ckpt_path)
+        _check_model_class(checkpoint, ckpt_path, config.model)
+        if last:
+            # The same run folder, epoch and step: the same checkpoint, on a shared disk or a copy.
+            where = Path(ckpt_path).relative_to(logger.init_args.save_dir)
+            found = f"{where} (epoch {checkpoint.get('epoch')}, step {checkpoint.get('global_step')})"
+            self._same_checkpoint = _SameCheckpointOnEveryRank(found)
 
     def _find_last(self, config: Namespace, logger: Any) -> Path | None:
         """The newest ``last.ckpt`` of this run name; under ``fit`` the run resumes in its folder."""
@@ -162,6 +171,8 @@ class LitMNISTCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
+        if self._same_checkpoint is not None:
+            trainer.callbacks.append(self._same_checkpoint)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if trainer.loggers:
@@ -186,6 +197,36 @@ class LitMNISTCLI(LightningCLI):
         if results and self.trainer.is_global_zero:
             metrics = results[0]
             print(f"Test accuracy {100 * metrics['test/acc']:.2f} %, loss {metrics['test/loss']:.4f}")
+
+
+class _SameCheckpointOnEveryRank(L.Callback):
+    """Stops a distributed run whose ranks resolved ``--ckpt_path last`` to different checkpoints.
+
+    Each rank resolves ``last`` on its own, before the process group exists, in its own view of the
+    log folder; a rank that found no file would train from scratch while the others resume. Once
+    the group exists (the callbacks' ``setup``, before Lightning loads the checkpoint), the ranks
+    compare their choices and all stop with one message if they differ. Every rank attaches this
+    callback (they all parse the same ``--ckpt_path last``), so the comparison never waits alone.
+
+    Args:
+        found: What this rank resolved ``last`` to: the file under the log folder, its epoch and step.
+    """
+
+    def __init__(self, found: str) -> None:
+        self.found = found
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.world_size < 2 or not torch.distributed.is_initialized():
+            return
+        choices: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(choices, self.found)
+        if len(set(choices)) > 1:
+            listed = "; ".join(f"rank {rank}: {found}" for rank, found in enumerate(choices))
+            raise LitMNISTError(
+                f"--ckpt_path last resolved to different checkpoints on different ranks ({listed}); "
+                "every machine must see the run's log folder at the same path (a shared file system, "
+                "or a copy), or pass the same --ckpt_path file to all."
+            )
 
 
 def _check_model_class(checkpoint: dict[str, Any], path: str | Path, model: Any) -> None:

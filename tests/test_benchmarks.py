@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import py_compile
 import re
 import subprocess
@@ -75,3 +76,43 @@ def test_vs_keras_refuses_an_unknown_model():
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error: unknown model 'resnet'")
     assert "Traceback" not in result.stderr
+
+
+def test_device_check_smoke_records_every_step_with_its_figures(tmp_path):
+    """``device_check.py --smoke``: every step ran on the CPU, ok, and its figures reached the JSON and the Markdown."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/device_check.py", "--smoke", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    report = json.loads((tmp_path / "device_check.json").read_text())
+    steps = {step["name"]: step for step in report["steps"]}
+    assert list(steps) == [
+        "gpu_tests",
+        "bench_fit_mlp",
+        "bench_fit_cnn",
+        "speedrun",
+        "speedrun_compile",
+        "reproduce_cnn",
+    ]
+    assert all(step["status"] == "ok" and step["seconds"] > 0 for step in steps.values())
+    assert report["smoke"] is True and report["versions"]["torch"] and report["versions"]["date"]
+    gpu = steps["gpu_tests"]["results"]
+    assert gpu["tests"] == gpu["skipped"] >= 4 and gpu["failures"] == gpu["errors"] == 0  # no CUDA here
+    for name in ("bench_fit_mlp", "bench_fit_cnn"):
+        r = steps[name]["results"]
+        assert r["device"] == "cpu" and len(r["lightning_epoch_s"]) == 1 and r["ratio"] > 0
+        assert 0 <= r["lightning_test_acc"] <= 100 and 0 <= r["plain_test_acc"] <= 100
+    for name in ("speedrun", "speedrun_compile"):
+        r = steps[name]["results"]
+        assert [run["seed"] for run in r["runs"]] == [0, 1] and all(run["fit_s"] > 0 for run in r["runs"])
+        assert r["target_met"] is False  # 300 images, one epoch
+    assert steps["speedrun_compile"]["results"]["cli_args"][-2:] == ["--model.init_args.compile", "eager"]
+    (cnn,) = steps["reproduce_cnn"]["results"]["configs"]
+    assert cnn["config"] == "cnn" and 0 <= cnn["runs"][0]["test_acc"] <= 100
+    summary = (tmp_path / "device_check.md").read_text()
+    assert (
+        "| bench_fit_cnn | ok |" in summary
+        and f"ratio {steps['bench_fit_cnn']['results']['ratio']:.3f}" in summary
+    )
+    assert "===== reproduce_cnn" in (tmp_path / "device_check.log").read_text()

@@ -192,7 +192,7 @@ def test_on_device_keeps_the_batches_and_their_order(tiny_mnist):
         assert torch.equal(rx, cx) and torch.equal(ry, cy)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_on_device_cuts_the_batches_on_the_gpu(tiny_mnist):
     resident, copied = _on_device_batches(tiny_mnist, "gpu")
     for (rx, ry), (cx, cy) in zip(resident, copied, strict=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -88,3 +89,42 @@ def test_a_killed_rank_stops_the_other_with_one_line(tmp_path):
     (_, err0, rc0), (_, _, rc1) = _launch(tmp_path, config, tmp_path / "rec", kill_rank=1)
     assert rc0 != 0 and rc1 != 0
     assert "error: rank 0 of 2 stopped: another process of the distributed run died" in err0
+
+
+def test_ckpt_path_last_resumes_under_the_same_launch(tmp_path):
+    data = write_indexed_mnist(tmp_path / "data", n_train=320)  # 256 train images: 4 batches of 32 per rank
+    config = tmp_path / "model.yaml"
+    config.write_text(MODEL.format(data=data))
+    no_test = ("--test_after_fit", "false")
+    for _out, err, rc in _launch(tmp_path, config, tmp_path / "rec", *no_test):
+        assert rc == 0, err[-3000:]
+    resume = ("--trainer.max_epochs", "2", "--ckpt_path", "last", *no_test)
+    # node 1 has no copy of the run's logs: it would train from scratch while node 0 resumes
+    mismatch = _launch(tmp_path, config, tmp_path / "rec_mismatch", *resume)
+    for _out, err, rc in mismatch:
+        assert rc != 0
+        assert (
+            "error: --ckpt_path last resolved to different checkpoints on different ranks "
+            "(rank 0: model/version_0/checkpoints/last.ckpt (epoch 0, step 4); "
+            "rank 1: no last.ckpt (training from scratch))"
+        ) in err, err[-3000:]
+    # machine 1 gets a copy of the run's logs, at the same path under its own working directory
+    shutil.copytree(tmp_path / "node0" / "logs", tmp_path / "node1" / "logs", dirs_exist_ok=True)
+    results = _launch(tmp_path, config, tmp_path / "rec2", *resume)
+    for out, err, rc in results:
+        assert rc == 0, err[-3000:]
+        assert "Resuming from " in out and "version_0/checkpoints/last.ckpt" in out
+    run = tmp_path / "node0" / "logs" / "model"
+    assert sorted(p.name for p in run.iterdir()) == ["version_0"]  # the run goes on in its folder
+    last = torch.load(run / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 8  # 2 epochs of 4 steps, the first from the first launch
+    assert sorted(p.name for p in (tmp_path / "rec2").glob("*.json")) == [
+        "rank0_epoch1.json",
+        "rank1_epoch1.json",
+    ]
+    ids = [json.loads((tmp_path / "rec2" / f"rank{r}_epoch1.json").read_text())["ids"] for r in (0, 1)]
+    assert len(ids[0]) == len(ids[1]) == 128 and len(set(ids[0]) | set(ids[1])) == 256
+    w0, w1 = (torch.load(tmp_path / "rec2" / f"rank{r}_epoch1.pt") for r in (0, 1))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    first = torch.load(tmp_path / "rec" / "rank0_epoch0.pt")
+    assert not all(torch.equal(w0[k], first[k]) for k in w0)  # epoch 2 trained

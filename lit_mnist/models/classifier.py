@@ -46,8 +46,11 @@ class MNISTClassifier(L.LightningModule):
             (``model.init_args.lr_scheduler``); Lightning steps it once per epoch.
         num_classes: Number of classes the metrics count.
         compile: Compile the network with ``torch.compile`` (``nn.Module.compile``, in place, so
-            checkpoints keep their keys) when Lightning configures the model. Off by default: the
-            first steps pay for compilation, and on small CPU models it rarely pays back.
+            checkpoints keep their keys) when Lightning configures the model: ``true`` for the
+            default backend (inductor), or a backend's name such as ``aot_eager`` or ``eager``
+            (``torch.compiler.list_backends()``; they trace the same graphs and skip code
+            generation, for quick checks). Off by default: the first steps pay for compilation,
+            and on small CPU models it rarely pays back.
     """
 
     def __init__(
@@ -56,9 +59,15 @@ class MNISTClassifier(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         num_classes: int = 10,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
+        if isinstance(compile, str) and compile not in torch.compiler.list_backends(exclude_tags=()):
+            backends = ", ".join(["aot_eager", "eager", *torch.compiler.list_backends()])
+            raise LitMNISTError(
+                f"model.compile is {compile!r}, not a torch.compile backend: use true, false or one of "
+                f"{backends}."
+            )
         self.save_hyperparameters(ignore=["net"])
         for key in ("optimizer", "lr_scheduler"):
             if key in self.hparams:
@@ -77,8 +86,10 @@ class MNISTClassifier(L.LightningModule):
         self._logged_this_epoch: set[str] = set()
 
     def configure_model(self) -> None:
-        if self.compile_net:
+        if self.compile_net is True:
             self.net.compile()
+        elif self.compile_net:
+            self.net.compile(backend=self.compile_net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -45,14 +45,15 @@ class SpeedrunCNN(MNISTClassifier):
         self,
         channels: Sequence[int] = (32, 64, 128),
         optimizer: OptimizerCallable = torch.optim.Adam,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         """Build the network and hand it to ``MNISTClassifier``.
 
         Args:
             channels: Filters of each 3×3 convolution block, in order.
             optimizer: The optimizer; its learning rate is the one-cycle schedule's peak.
-            compile: Compile the network with ``torch.compile``, as ``MNISTClassifier`` does.
+            compile: Compile the network with ``torch.compile`` (``true``, or a backend name), as
+                ``MNISTClassifier`` does.
         """
         super().__init__(speedrun_network(channels), optimizer, compile=compile)
 
