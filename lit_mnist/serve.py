@@ -37,6 +37,8 @@ from lit_mnist.errors import ArgumentParser, LitMNISTError
 
 #: The largest request body: an image of ``MAX_BYTES`` plus room for a multipart form's headers.
 MAX_BODY = MAX_BYTES + 64 * 1024
+#: A body over ``MAX_BODY`` is still read (and dropped) up to this size before the 413 answer.
+DRAIN_LIMIT = 64 * 1024 * 1024
 #: ``--accelerator`` values, as LitServe names them.
 ACCELERATORS = {"auto": "auto", "cpu": "cpu", "gpu": "cuda", "cuda": "cuda"}
 #: The hosts LitServe binds to.
@@ -85,7 +87,7 @@ class PredictInput:
             raise BadRequest(405, f"Use POST for {self.path}, not {scope['method']}.", {"Allow": "POST"})
         request = Request(scope)
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY:
+        if declared.isdigit() and int(declared) > DRAIN_LIMIT:
             raise BadRequest(413, f"The request body is {int(declared):,} bytes; the limit is {MAX_BODY:,}.")
         body = await _read_body(receive)
         if not body:
@@ -127,6 +129,11 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 async def _read_body(receive: Receive) -> bytes:
+    """The whole body; one over ``MAX_BODY`` is read to its end (up to ``DRAIN_LIMIT``) and refused.
+
+    Reading it first lets a client that sends the whole body before it reads (most do) see the
+    413 answer, instead of a connection reset.
+    """
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -134,10 +141,12 @@ async def _read_body(receive: Receive) -> bytes:
             raise BadRequest(400, "The client disconnected before sending the whole body.")
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY:
+        if size <= MAX_BODY:
+            chunks.append(chunk)
+        more = message.get("more_body", False)
+        if size > MAX_BODY and (not more or size > DRAIN_LIMIT):
             raise BadRequest(413, f"The request body is over the limit of {MAX_BODY:,} bytes.")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
+        if not more:
             return b"".join(chunks)
 
 
@@ -203,10 +212,11 @@ class DigitAPI(ls.LitAPI):
     def predict(self, x: torch.Tensor) -> Any:
         single = x.ndim == 2
         images = x.unsqueeze(0) if single else x
+        received = images.round().to(torch.uint8)  # before scaling: the data module scales in place
         scaled = self.scaler.on_after_batch_transfer((images.to(self.device),), 0)[0]
         with torch.inference_mode():
             probs = self.model.probabilities(self.model(scaled)).float().cpu()
-        pairs = list(zip(probs, images.round().to(torch.uint8), strict=True))
+        pairs = list(zip(probs, received, strict=True))
         return pairs[0] if single else pairs
 
     def unbatch(self, output: Any) -> list[Any]:
