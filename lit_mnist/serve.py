@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import litserve as ls
+import numpy as np
 import torch
 import yaml
 from fastapi.responses import HTMLResponse
@@ -204,7 +205,7 @@ class DigitAPI(ls.LitAPI):
         self.device = device
 
     def decode_request(self, request):  # unannotated: an annotation makes FastAPI validate it
-        return torch.tensor(request["pixels"], dtype=torch.float32)
+        return torch.from_numpy(np.asarray(request["pixels"], dtype=np.float32))
 
     def batch(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(inputs)
