@@ -320,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise LitMNISTError("serve: --max_batch_size and --workers must be at least 1.")
     if not (args.batch_timeout >= 0 and math.isfinite(args.batch_timeout)):
         raise LitMNISTError(f"serve: --batch_timeout must be 0 or more seconds, got {args.batch_timeout}.")
+    if args.accelerator == "gpu" and not torch.cuda.is_available():
+        raise LitMNISTError("serve: --accelerator gpu, but PyTorch finds no CUDA device here.")
     ckpt_path = resolve_ckpt_path(args.ckpt_path, args.config)
     checkpoint = read_checkpoint(ckpt_path)
     check_model_class(checkpoint, ckpt_path, _config_model_class(args.config))

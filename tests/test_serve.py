@@ -244,6 +244,8 @@ def _main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
         (("--ckpt_path", "x.ckpt", "--host", "example.com"), "invalid choice"),
         (("--ckpt_path", "x.ckpt", "--max_batch_size", "0"), "at least 1"),
         (("--port", "8000",), "the following arguments are required: --ckpt_path"),
+        pytest.param(("--ckpt_path", "x.ckpt", "--accelerator", "gpu"), "finds no CUDA device",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here")),
     ],
 )  # fmt: skip
 def test_bad_options_are_one_sentence(args, message, capsys, tmp_path, monkeypatch):
