@@ -199,6 +199,10 @@ class DigitAPI(ls.LitAPI):
         self.ckpt_path = str(ckpt_path)
 
     def setup(self, device: str) -> None:
+        if device == "cpu":
+            # One thread per inference worker (scale with --workers): these batches are too small for
+            # intra-op threads, whose spinning only takes CPU from the HTTP side.
+            torch.set_num_threads(1)
         checkpoint = read_checkpoint(self.ckpt_path)
         self.model = load_model(self.ckpt_path, checkpoint).to(device)
         self.scaler = _scaler(checkpoint)
@@ -251,6 +255,7 @@ def build_server(api: DigitAPI, accelerator: str = "auto", workers: int = 1) -> 
         accelerator=ACCELERATORS[accelerator],
         workers_per_device=workers,
         middlewares=[PredictInput],
+        fast_queue=True,  # ZeroMQ between the API process and the workers: faster than multiprocessing queues
     )
     # LitServe answers GET / with "litserve running"; the page replaces that route.
     server.app.router.routes = [r for r in server.app.router.routes if getattr(r, "path", None) != "/"]
