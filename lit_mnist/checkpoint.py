@@ -1,4 +1,4 @@
-"""Checkpoints: read as data (``weights_only=True``) with one-sentence errors, written atomically."""
+"""Checkpoints: read as data (``weights_only=True``) with one-sentence errors, written atomically, loaded."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 from lightning.fabric.plugins.io import TorchCheckpointIO
 
 from lit_mnist.errors import LitMNISTError
+from lit_mnist.models.classifier import MNISTClassifier
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -76,3 +77,56 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except OSError as err:
             partial.unlink(missing_ok=True)
             raise OSError(err.errno, err.strerror, str(target)) from None
+
+
+def load_model(ckpt_path: str | Path, checkpoint: dict[str, Any]) -> MNISTClassifier:
+    """The model of a checkpoint written by ``python -m lit_mnist fit``, on the CPU in eval mode.
+
+    Args:
+        ckpt_path: the checkpoint file.
+        checkpoint: its content as ``read_checkpoint`` returns it, read for the model's class.
+    """
+    hparams = checkpoint.get("hyper_parameters", {})
+    class_path = hparams.get("_class_path")
+    if not class_path:
+        raise LitMNISTError(
+            f"{ckpt_path} does not record its model class (_class_path): use a "
+            "checkpoint written by python -m lit_mnist fit."
+        )
+    model_class = import_class_path(class_path)
+    if model_class is None:
+        raise LitMNISTError(f"{ckpt_path} was saved from {class_path}, which cannot be imported.")
+    if not (isinstance(model_class, type) and issubclass(model_class, MNISTClassifier)):
+        raise LitMNISTError(f"{ckpt_path} was saved from {class_path}, which is not an MNISTClassifier.")
+    return model_class.load_from_checkpoint(ckpt_path, map_location="cpu").eval()
+
+
+def check_model_class(checkpoint: dict[str, Any], path: str | Path, wanted: str | None) -> None:
+    """Refuse a checkpoint saved from another model class than the config names.
+
+    Left alone, LightningCLI would quietly build the checkpoint's class instead of the config's.
+
+    Args:
+        checkpoint: the checkpoint's content (``read_checkpoint``).
+        path: the checkpoint file, for the message.
+        wanted: the config's model ``class_path``; ``None`` checks nothing.
+    """
+    saved = checkpoint.get("hyper_parameters", {}).get("_class_path")
+    if not (saved and wanted):
+        return
+    saved_class, wanted_class = import_class_path(saved), import_class_path(wanted)
+    if (saved_class is not wanted_class) if saved_class and wanted_class else saved != wanted:
+        raise LitMNISTError(
+            f"{path} was saved from a {saved} model but the config asks for {wanted}: "
+            "use the config the checkpoint was trained with."
+        )
+
+
+def find_last(run_dir: str | Path) -> Path | None:
+    """The newest (by modification time) ``version_*/checkpoints/last.ckpt`` under ``run_dir``, else ``None``.
+
+    Args:
+        run_dir: a run's log folder, ``<save_dir>/<run name>``.
+    """
+    found = sorted(Path(run_dir).glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None

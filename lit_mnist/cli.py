@@ -1,7 +1,7 @@
 """``python -m lit_mnist``: LightningCLI with this project's defaults.
 
-Subcommands are Lightning's ``fit``, ``validate``, ``test`` and ``predict``, and ``export``
-(``lit_mnist/export.py``). On top of them:
+Subcommands are Lightning's ``fit``, ``validate``, ``test`` and ``predict``, and ``export``,
+``tune`` and ``serve`` (``lit_mnist/export.py``, ``tune.py``, ``serve.py``). On top of them:
 runs are logged to TensorBoard under ``lightning_logs/<run name>/version_N/`` (the run name is the
 first ``--config`` file's name, else the model class), the best (by ``val/acc``) and last
 checkpoints are kept, ``fit`` ends by testing the best checkpoint, ``--ckpt_path last`` finds the
@@ -28,7 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from lit_mnist import export
 from lit_mnist.callbacks import KerasModelSummary, LineProgressBar, PredictionWriter, TensorBoardFigures
-from lit_mnist.checkpoint import AtomicCheckpointIO, import_class_path, read_checkpoint
+from lit_mnist.checkpoint import AtomicCheckpointIO, check_model_class, find_last, read_checkpoint
 from lit_mnist.errors import LitMNISTError
 from lit_mnist.models.classifier import MNISTClassifier
 
@@ -144,7 +144,8 @@ class LitMNISTCLI(LightningCLI):
                 self._same_checkpoint = _SameCheckpointOnEveryRank("no last.ckpt (training from scratch)")
                 return
         checkpoint = read_checkpoint(ckpt_path)
-        _check_model_class(checkpoint, ckpt_path, config.model)
+        wanted = config.model.get("class_path") if isinstance(config.model, Namespace) else None
+        check_model_class(checkpoint, ckpt_path, wanted)
         if last:
             # The same run folder, epoch and step: the same checkpoint, on a shared disk or a copy.
             where = Path(ckpt_path).relative_to(logger.init_args.save_dir)
@@ -156,18 +157,18 @@ class LitMNISTCLI(LightningCLI):
         if not isinstance(logger, Namespace) or logger.init_args.get("save_dir") is None:
             raise LitMNISTError("--ckpt_path last needs a logger with a save_dir to find last.ckpt in.")
         run_dir = Path(logger.init_args.save_dir) / (logger.init_args.get("name") or "")
-        found = sorted(run_dir.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
+        last = find_last(run_dir)
+        if last is None:
             if self.config.subcommand != "fit":
                 raise LitMNISTError(f"--ckpt_path last: no last.ckpt under {run_dir}/version_*/checkpoints/.")
             print(f"No last.ckpt under {run_dir}/version_*/checkpoints/: training from scratch.")
             config.ckpt_path = None
             return None
-        config.ckpt_path = str(found[-1])
+        config.ckpt_path = str(last)
         if self.config.subcommand == "fit":
-            logger.init_args.version = found[-1].parent.parent.name
-            print(f"Resuming from {found[-1]}")
-        return found[-1]
+            logger.init_args.version = last.parent.parent.name
+            print(f"Resuming from {last}")
+        return last
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -227,23 +228,6 @@ class _SameCheckpointOnEveryRank(L.Callback):
                 "every machine must see the run's log folder at the same path (a shared file system, "
                 "or a copy), or pass the same --ckpt_path file to all."
             )
-
-
-def _check_model_class(checkpoint: dict[str, Any], path: str | Path, model: Any) -> None:
-    """Refuse a checkpoint saved from another model class than the config names.
-
-    Left alone, LightningCLI would quietly build the checkpoint's class instead of the config's.
-    """
-    saved = checkpoint.get("hyper_parameters", {}).get("_class_path")
-    wanted = model.get("class_path") if isinstance(model, Namespace) else None
-    if not (saved and wanted):
-        return
-    saved_class, wanted_class = import_class_path(saved), import_class_path(wanted)
-    if (saved_class is not wanted_class) if saved_class and wanted_class else saved != wanted:
-        raise LitMNISTError(
-            f"{path} was saved from a {saved} model but the config asks for {wanted}: "
-            "use the config the checkpoint was trained with."
-        )
 
 
 def _check_writable(folder: Path) -> None:
@@ -318,6 +302,10 @@ def main(args: Any = None) -> None:
             from lit_mnist import tune  # Optuna is imported only by the command that uses it
 
             return tune.main(argv[1:])
+        if isinstance(argv, list) and argv[:1] == ["serve"]:
+            from lit_mnist import serve  # LitServe is imported only by the command that uses it
+
+            return serve.main(argv[1:])
         LitMNISTCLI(args=args)
     except Exception as err:
         message = user_message(err)

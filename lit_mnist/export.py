@@ -9,7 +9,6 @@ images in [0, 1], standardized if the run used ``data.standardize``) and returns
 
 from __future__ import annotations
 
-import argparse
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -19,41 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from lit_mnist.checkpoint import import_class_path, read_checkpoint
+from lit_mnist.checkpoint import load_model, read_checkpoint
 from lit_mnist.data.mnist import MNISTDataModule, load_mnist
-from lit_mnist.errors import LitMNISTError
+from lit_mnist.errors import ArgumentParser, LitMNISTError
 from lit_mnist.models.classifier import MNISTClassifier
 
 FORMATS = ("onnx", "torchscript")
 #: The exported model must match PyTorch's outputs to this absolute difference.
 TOLERANCE = 1e-5
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises ``LitMNISTError`` instead of printing usage and exiting."""
-
-    def error(self, message: str) -> Any:
-        raise LitMNISTError(f"export: {message}.")
-
-
-def load_model(ckpt_path: str | Path, checkpoint: dict[str, Any]) -> MNISTClassifier:
-    """The model of a checkpoint written by ``python -m lit_mnist fit``, on the CPU in eval mode.
-
-    ``checkpoint`` is the file's content (``read_checkpoint``), read for the model's class.
-    """
-    hparams = checkpoint.get("hyper_parameters", {})
-    class_path = hparams.get("_class_path")
-    if not class_path:
-        raise LitMNISTError(
-            f"{ckpt_path} does not record its model class (_class_path): export needs a "
-            "checkpoint written by python -m lit_mnist fit."
-        )
-    model_class = import_class_path(class_path)
-    if model_class is None:
-        raise LitMNISTError(f"{ckpt_path} was saved from {class_path}, which cannot be imported.")
-    if not (isinstance(model_class, type) and issubclass(model_class, MNISTClassifier)):
-        raise LitMNISTError(f"{ckpt_path} was saved from {class_path}, which is not an MNISTClassifier.")
-    return model_class.load_from_checkpoint(ckpt_path, map_location="cpu").eval()
 
 
 def check_inputs(
@@ -127,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     PyTorch model's: the largest absolute difference must be at most ``TOLERANCE`` and every
     argmax the same. Problems are raised as ``LitMNISTError`` (the CLI prints them in one line).
     """
-    parser = _ArgumentParser(
+    parser = ArgumentParser(
         prog="lit_mnist export",
         description="Export a checkpoint to ONNX or TorchScript and check it against PyTorch.",
     )

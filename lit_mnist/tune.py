@@ -39,7 +39,7 @@ from jsonargparse import Namespace
 from optuna.trial import TrialState
 
 from lit_mnist.cli import LitMNISTCLI, user_message
-from lit_mnist.errors import LitMNISTError
+from lit_mnist.errors import ArgumentParser, LitMNISTError
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "none")
@@ -68,13 +68,6 @@ class Param:
     log: bool = False
     step: float | None = None
     choices: tuple[Any, ...] = ()
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises ``LitMNISTError`` instead of printing usage and exiting."""
-
-    def error(self, message: str) -> Any:
-        raise LitMNISTError(f"tune: {message}.")
 
 
 class _Parsed(Exception):
@@ -627,7 +620,7 @@ def report(args: argparse.Namespace, study: optuna.Study, study_dir: Path) -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(
+    parser = ArgumentParser(
         prog="lit_mnist tune",
         description=(
             "Search hyper-parameters with Optuna; each trial is a fit. Every argument tune does not "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -66,3 +67,10 @@ def quiet_trainer(**kwargs: Any) -> L.Trainer:
         "accelerator": "cpu",
     }
     return L.Trainer(**{**defaults, **kwargs})
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -67,10 +67,10 @@ def test_ckpt_path_last_resumes_the_previous_run(tmp_path):
     assert not (tmp_path / "mlp" / "version_1").exists()
 
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict", "export", "tune")
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "export", "tune", "serve")
 
 
-@pytest.mark.parametrize("subcommand", ["export", "tune"])
+@pytest.mark.parametrize("subcommand", ["export", "tune", "serve"])
 def test_subcommands_outside_lightningcli_have_help(subcommand):
     result = run_cli(subcommand, "--help")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from helpers import REPO, SHORT_FIT, quiet_trainer, run_cli
+from helpers import REPO, SHORT_FIT, free_port, quiet_trainer, run_cli
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.model_summary import ModelSummary
 from PIL import Image, ImageDraw
@@ -62,19 +61,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     return Run(logs, version_dir, version_dir / "checkpoints" / "last.ckpt", result.stdout)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.load(response)
 
 
 def test_tensorboard_server_serves_the_runs_scalars_and_images(run: Run, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}/data/plugin"
     log = (tmp_path / "tensorboard.log").open("w")
     server = subprocess.Popen(

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
-from helpers import REPO
+from helpers import REPO, free_port
 from multinode_helpers import write_indexed_mnist
 
 MODEL = """seed_everything: 0
@@ -27,15 +26,9 @@ data:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(tmp: Path, config: Path, record: Path, *extra: str, kill_rank: int | None = None) -> list:
     port, env = (
-        _free_port(),
+        free_port(),
         {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "PYTHONWARNINGS": "ignore"},
     )
     callback = {

@@ -162,6 +162,17 @@ def test_hostile_checkpoint_is_refused_by_export(checkpoints, capsys, tmp_path):
     assert not checkpoints["marker"].exists() and not output.exists()
 
 
+def test_hostile_checkpoint_is_refused_by_serve(checkpoints):
+    """In a real process: one sentence, exit 1, no server started, the payload never ran."""
+    result = run_cli("serve", "--ckpt_path", str(checkpoints["payload"]), "--port", "8999", timeout=120)
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip().splitlines()[-1].startswith(f"error: Refusing to load {checkpoints['payload']}")
+    )
+    assert "Traceback" not in result.stderr and "Serving" not in result.stdout
+    assert not checkpoints["marker"].exists()
+
+
 def test_hostile_checkpoint_is_refused_by_load_from_checkpoint(checkpoints):
     with pytest.raises(Exception, match="Weights only load failed"):
         MNISTClassifier.load_from_checkpoint(checkpoints["payload"])

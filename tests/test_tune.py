@@ -6,7 +6,6 @@ import csv
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from helpers import REPO, run_cli, write_idx, write_mnist
+from helpers import REPO, free_port, run_cli, write_idx, write_mnist
 
 from lit_mnist import tune
 from lit_mnist.cli import main
@@ -291,12 +290,6 @@ def test_two_processes_share_one_study(work: Path) -> None:
     assert len(rows) == 5 and {r["state"] for r in rows} == {"COMPLETE"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 POSTGRES_BIN = Path("/usr/lib/postgresql")
 pg_bins = sorted(POSTGRES_BIN.glob("*/bin/pg_ctl")) if POSTGRES_BIN.is_dir() else []
 
@@ -313,7 +306,7 @@ def test_two_processes_share_a_postgresql_study(work: Path, tmp_path_factory: py
     pg_root.chmod(0o755)
     shutil.chown(pg_root, "postgres")
     pgdata = pg_root / "data"
-    port = _free_port()
+    port = free_port()
 
     def as_postgres(*cmd: str) -> None:
         subprocess.run(["runuser", "-u", "postgres", "--", *cmd], check=True, capture_output=True, timeout=60)

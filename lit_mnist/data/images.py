@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +15,17 @@ from lit_mnist.errors import LitMNISTError
 
 log = logging.getLogger(__name__)
 
+
+class ImageError(LitMNISTError):
+    """An image that cannot be read as a digit: empty, too big, or not a PNG or JPEG."""
+
+
 #: The PIL formats read; any other file in the folder is skipped with a warning.
 IMAGE_FORMATS = ("PNG", "JPEG")
 #: MNIST digits are scaled to fit a 20×20 box and centred by mass in the 28×28 image.
 SIZE, BOX = 28, 20
+#: The largest image read: bytes of the file, and width × height pixels (checked before decoding).
+MAX_BYTES, MAX_PIXELS = 5_000_000, 4000 * 4000
 #: Pixels of at least this fraction of the darkest ink count towards the digit's bounding box.
 INK_THRESHOLD = 0.1
 
@@ -59,17 +68,44 @@ def mnist_digit(image: Image.Image) -> np.ndarray:
     return out
 
 
-def _read_image(path: Path) -> np.ndarray | None:
-    """``mnist_digit`` of the file, or ``None`` if it is empty or not a readable PNG or JPEG."""
-    if path.stat().st_size == 0:
-        return None
+def read_digit(data: bytes) -> np.ndarray:
+    """A PNG or JPEG file's bytes as an MNIST-like uint8 ``[28, 28]`` digit (``mnist_digit``).
+
+    The byte size and the pixel size in the header are checked before the image is decoded, so
+    a decompression bomb (a small file of a huge image) is refused without using the memory.
+
+    Args:
+        data: the file's content.
+
+    Raises:
+        ImageError: the data is empty, over ``MAX_BYTES`` or ``MAX_PIXELS``, or not a readable PNG or JPEG.
+    """
+    if not data:
+        raise ImageError("The image is empty.")
+    if len(data) > MAX_BYTES:
+        raise ImageError(f"The image is {len(data):,} bytes; the limit is {MAX_BYTES:,}.")
     try:
-        with Image.open(path) as image:
-            if image.format not in IMAGE_FORMATS:
-                return None
-            image.load()
-            return mnist_digit(image)
-    except (OSError, ValueError, Image.DecompressionBombError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise ImageError(
+                        f"The image is {width} × {height} pixels; the limit is {MAX_PIXELS:,} pixels."
+                    )
+                image.load()
+                return mnist_digit(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"The image is too large to decode; the limit is {MAX_PIXELS:,} pixels.") from None
+    except (OSError, ValueError, SyntaxError):
+        raise ImageError("The data is not a readable PNG or JPEG image.") from None
+
+
+def _read_image(path: Path) -> np.ndarray | None:
+    """``read_digit`` of the file, or ``None`` if it cannot be read as one."""
+    try:
+        return read_digit(path.read_bytes())
+    except ImageError:
         return None
 
 
@@ -77,7 +113,7 @@ def load_image_folder(folder: str | Path) -> tuple[torch.Tensor, list[str]]:
     """Every PNG and JPEG file in ``folder`` (not its subfolders) as uint8 ``[N, 28, 28]`` digits.
 
     Files are taken in name order and the names are returned alongside. Hidden files (``.name``)
-    are ignored; other files that are empty or not readable PNG/JPEG images are listed in one
+    are ignored; other files that are empty, too large or not readable PNG/JPEG images are listed in one
     warning and skipped.
 
     Raises:
@@ -100,7 +136,7 @@ def load_image_folder(folder: str | Path) -> tuple[torch.Tensor, list[str]]:
         raise LitMNISTError(f"No PNG or JPEG image to predict in {root}{found}.")
     if skipped:
         log.warning(
-            "Skipped %d file(s) in %s that are empty or not PNG/JPEG images: %s",
+            "Skipped %d file(s) in %s that are empty, too large or not PNG/JPEG images: %s",
             len(skipped),
             root,
             ", ".join(skipped),
