@@ -76,10 +76,12 @@ def test_mask_dropout_eval_is_identity_and_train_drops_p() -> None:
     assert not MaskDropout(1.0).train()(x).any()
 
 
-def test_cnn_network_computes_the_plain_network() -> None:
+@pytest.mark.parametrize("patch_conv", [False, True])
+def test_cnn_network_computes_the_plain_network(patch_conv: bool) -> None:
     torch.manual_seed(0)
-    fast, reference = cnn_network(), reference_cnn()
-    assert isinstance(fast[0], PatchConv2d) and isinstance(fast[3], MaskDropout)
+    fast, reference = cnn_network(patch_conv=patch_conv), reference_cnn()
+    assert isinstance(fast[0], PatchConv2d) == patch_conv and isinstance(fast[3], MaskDropout)
+    assert fast[4].weight.is_contiguous(memory_format=torch.channels_last)
     reference.load_state_dict(fast.state_dict())  # strict: same keys and shapes
     x = torch.rand(8, 1, 28, 28)
     with torch.no_grad():
@@ -88,7 +90,7 @@ def test_cnn_network_computes_the_plain_network() -> None:
 
 def test_cnn_network_gradients_match_without_dropout() -> None:
     torch.manual_seed(0)
-    fast = cnn_network(conv_dropout=0.0, hidden_dropout=0.0).train()
+    fast = cnn_network(conv_dropout=0.0, hidden_dropout=0.0, patch_conv=True).train()
     reference = reference_cnn()
     reference.load_state_dict(fast.state_dict())
     for layer in reference:

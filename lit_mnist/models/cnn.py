@@ -20,11 +20,12 @@ def _exporting() -> bool:
 class PatchConv2d(nn.Conv2d):
     """``nn.Conv2d`` computed as its patches (im2col) times the weight matrix, output channels-last.
 
-    For a convolution with few input channels (seed 002's first layer has one) oneDNN's direct
-    kernel is slow on the CPU; cutting the ``C·k·k`` patches of every pixel and multiplying them
-    by the ``[out_channels, C·k·k]`` weight in one matrix product is several times faster, and its
-    result, ``[B, H, W, out_channels]`` in memory, is the channels-last layout the next
-    convolution wants. The weight and bias are ``nn.Conv2d``'s (same names, shapes and
+    For a convolution with few input channels (seed 002's first layer has one) the work is a
+    thin matrix product: the ``C·k·k`` patches of every pixel times the ``[out_channels, C·k·k]``
+    weight, whose result, ``[B, H, W, out_channels]`` in memory, is the channels-last layout
+    the next convolution wants. Whether this beats oneDNN's own kernel depends on the PyTorch
+    build: with PyTorch 2.14 (oneDNN 3.12) it did not (``benchmarks/cnn_cpu.py``), so
+    ``cnn_network`` uses it only when asked. The weight and bias are ``nn.Conv2d``'s (same names, shapes and
     initialisation, so checkpoints load either way); autograd gives the backward pass. Anything
     but stride 1, dilation 1, one group and zero padding, and tracing or exporting (TorchScript,
     ONNX), take ``nn.Conv2d``'s own forward, which computes the same values.
@@ -109,6 +110,7 @@ def cnn_network(
     image_size: int = 28,
     num_classes: int = 10,
     fast: bool = True,
+    patch_conv: bool = False,
 ) -> nn.Sequential:
     """Conv blocks, then a dense hidden layer, as seed 002's code runs them::
 
@@ -120,11 +122,14 @@ def cnn_network(
     (28 → 14 → 7 → 4), which is ``MaxPool2d(2, ceil_mode=True)``; with the defaults the dense
     layer sees 128 × 4 × 4 = 2,048 features.
 
-    With ``fast`` (the default) the first convolution is a ``PatchConv2d`` and the dropouts are
-    ``MaskDropout``: the same layers, parameters and ``state_dict`` keys, computing the same
-    function (the dropout masks come from a different random stream), about a third faster per
-    training step on the CPU (``benchmarks/cnn_cpu.py``). ``PatchConv2d``'s output is
-    channels-last, so every later convolution, ReLU and pooling runs channels-last too.
+    With ``fast`` (the default) the convolution weights are channels-last, so that every
+    convolution, ReLU and pooling runs channels-last (oneDNN's faster layout on the CPU), and the
+    dropouts are ``MaskDropout``: the same layers, parameters and ``state_dict`` keys, computing
+    the same function (only the dropout masks come from a different random stream), and about a
+    third faster per training step on the CPU than plain ``nn.Conv2d``/``nn.Dropout`` in NCHW
+    (``benchmarks/cnn_cpu.py``). ``patch_conv`` computes the first convolution as
+    ``PatchConv2d`` (im2col + one matrix product); with this PyTorch (2.14, oneDNN 3.12) it
+    measured slower than oneDNN's own kernel, so it is off by default.
 
     Args:
         channels: Filters of each 3×3 convolution block, in order.
@@ -133,10 +138,11 @@ def cnn_network(
         hidden_dropout: Drop probability after the dense hidden layer.
         image_size: Side of the square input images.
         num_classes: Number of logits.
-        fast: Build the faster CPU layers (``PatchConv2d``, ``MaskDropout``); ``False`` builds
-            plain ``nn.Conv2d`` and ``nn.Dropout``.
+        fast: Channels-last convolution weights and ``MaskDropout``; ``False`` builds plain
+            NCHW ``nn.Conv2d`` and ``nn.Dropout`` layers.
+        patch_conv: Make the first convolution a ``PatchConv2d``.
     """
-    conv_class = PatchConv2d if fast else nn.Conv2d
+    conv_class = PatchConv2d if patch_conv else nn.Conv2d
     dropout_class = MaskDropout if fast else nn.Dropout
     layers: list[nn.Module] = []
     in_channels, size = 1, image_size
@@ -156,7 +162,8 @@ def cnn_network(
         dropout_class(hidden_dropout),
         nn.Linear(hidden_size, num_classes),
     ]
-    return nn.Sequential(*layers)
+    net = nn.Sequential(*layers)
+    return net.to(memory_format=torch.channels_last) if fast else net
 
 
 class CNN(MNISTClassifier):
