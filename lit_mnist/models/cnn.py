@@ -24,8 +24,9 @@ class PatchConv2d(nn.Conv2d):
     thin matrix product: the ``C·k·k`` patches of every pixel times the ``[out_channels, C·k·k]``
     weight, whose result, ``[B, H, W, out_channels]`` in memory, is the channels-last layout
     the next convolution wants. Whether this beats oneDNN's own kernel depends on the PyTorch
-    build: with PyTorch 2.14 (oneDNN 3.12) it did not (``benchmarks/cnn_cpu.py``), so
-    ``cnn_network`` uses it only when asked. The weight and bias are ``nn.Conv2d``'s (same names, shapes and
+    build: with PyTorch 2.14 (oneDNN 3.12) a whole step measured no faster than with oneDNN's
+    channels-last kernel (``benchmarks/cnn_cpu.py``), so ``cnn_network`` uses it only when asked.
+    The weight and bias are ``nn.Conv2d``'s (same names, shapes and
     initialisation, so checkpoints load either way); autograd gives the backward pass. Anything
     but stride 1, dilation 1, one group and zero padding, and tracing or exporting (TorchScript,
     ONNX), take ``nn.Conv2d``'s own forward, which computes the same values.
@@ -125,11 +126,11 @@ def cnn_network(
     With ``fast`` (the default) the convolution weights are channels-last, so that every
     convolution, ReLU and pooling runs channels-last (oneDNN's faster layout on the CPU), and the
     dropouts are ``MaskDropout``: the same layers, parameters and ``state_dict`` keys, computing
-    the same function (only the dropout masks come from a different random stream), and about a
-    third faster per training step on the CPU than plain ``nn.Conv2d``/``nn.Dropout`` in NCHW
-    (``benchmarks/cnn_cpu.py``). ``patch_conv`` computes the first convolution as
-    ``PatchConv2d`` (im2col + one matrix product); with this PyTorch (2.14, oneDNN 3.12) it
-    measured slower than oneDNN's own kernel, so it is off by default.
+    the same function (only the dropout masks come from a different random stream). On this
+    project's 2-core CPU a training step took 0.78 × the time of plain NCHW
+    ``nn.Conv2d``/``nn.Dropout`` (``benchmarks/cnn_cpu.py``, README). ``patch_conv`` computes the
+    first convolution as ``PatchConv2d`` (im2col + one matrix product); with PyTorch 2.14
+    (oneDNN 3.12) it measured no faster, so it is off by default.
 
     Args:
         channels: Filters of each 3×3 convolution block, in order.
