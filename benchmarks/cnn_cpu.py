@@ -57,31 +57,32 @@ def variant(base: nn.Sequential, patch: bool, mask: bool, pool_pad: bool = False
     return net
 
 
-def make_variants(base: nn.Sequential) -> dict[str, tuple[nn.Sequential, bool, bool]]:
-    """Name -> (network, channels-last input and weights, flush denormals)."""
+def make_variants(base: nn.Sequential) -> dict[str, tuple[nn.Sequential, bool, str]]:
+    """Name -> (network, channels-last input, setting: "" or "flush denormals" or "oneDNN off")."""
     cl = torch.channels_last
+
+    def default() -> nn.Sequential:
+        return variant(base, False, True).to(memory_format=cl)
+
     return {
-        "baseline (nn.Conv2d, nn.Dropout, NCHW)": (variant(base, False, False), False, False),
-        "channels_last (weights and input)": (variant(base, False, False).to(memory_format=cl), True, False),
-        "PatchConv2d alone": (variant(base, True, False), False, False),
-        "MaskDropout alone (NCHW)": (variant(base, False, True), False, False),
-        "default = cnn_network(): channels_last weights + MaskDropout": (
-            variant(base, False, True).to(memory_format=cl),
-            False,
-            False,
-        ),
-        "PatchConv2d + MaskDropout": (variant(base, True, True), False, False),
+        "baseline (nn.Conv2d, nn.Dropout, NCHW)": (variant(base, False, False), False, ""),
+        "channels_last (weights and input)": (variant(base, False, False).to(memory_format=cl), True, ""),
+        "PatchConv2d alone": (variant(base, True, False), False, ""),
+        "MaskDropout alone (NCHW)": (variant(base, False, True), False, ""),
+        "default = cnn_network(): channels_last weights + MaskDropout": (default(), False, ""),
+        "PatchConv2d + MaskDropout": (variant(base, True, True), False, ""),
         "PatchConv2d + MaskDropout + channels_last weights": (
             variant(base, True, True).to(memory_format=cl),
             False,
-            False,
+            "",
         ),
         "default + zero-pad pooling": (
             variant(base, False, True, pool_pad=True).to(memory_format=cl),
             False,
-            False,
+            "",
         ),
-        "default + flush denormals": (variant(base, False, True).to(memory_format=cl), False, True),
+        "default + flush denormals": (default(), False, "flush denormals"),
+        "default + oneDNN off": (default(), False, "oneDNN off"),
     }
 
 
@@ -111,12 +112,14 @@ def make_step(net: nn.Module, channels_last: bool) -> Callable[[torch.Tensor, to
     return step
 
 
-def time_steps(step, data, flush: bool) -> float:
-    torch.set_flush_denormal(flush)
-    start = time.perf_counter()
-    for x, y in data:
-        step(x, y)
-    elapsed = time.perf_counter() - start
+def time_steps(step, data, setting: str = "") -> float:
+    """Mean ms/step of ``step`` over ``data`` under ``setting`` ("flush denormals", "oneDNN off")."""
+    torch.set_flush_denormal(setting == "flush denormals")
+    with torch.backends.mkldnn.flags(enabled=setting != "oneDNN off"):
+        start = time.perf_counter()
+        for x, y in data:
+            step(x, y)
+        elapsed = time.perf_counter() - start
     torch.set_flush_denormal(False)
     return elapsed / len(data) * 1e3
 
@@ -170,7 +173,7 @@ def main() -> None:
         print(f"| {name} | {med:.2f} | {' '.join(f'{t:.1f}' for t in times)} | {med / base_ms:.2f} |")
     if args.profile:
         default = make_step(cnn_network().train(), False)
-        time_steps(default, data[:5], False)
+        time_steps(default, data[:5])
         print("\ndefault variant (cnn_network()), forward / backward / optimizer, median ms:\n")
         profile_split(cnn_network().train(), data)
         print("torch.profiler, by self CPU time:\n")
