@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_mnist.data.mnist import ensure_mnist_files, load_mnist
-from lit_mnist.models.cnn import MaskDropout, PatchConv2d, cnn_network
+from lit_mnist.models.cnn import MaskDropout, cnn_network
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,15 +42,11 @@ class PadPool(nn.Module):
         return F.max_pool2d(x, 2)
 
 
-def variant(base: nn.Sequential, patch: bool, mask: bool, pool_pad: bool = False) -> nn.Sequential:
+def variant(base: nn.Sequential, mask: bool, pool_pad: bool = False) -> nn.Sequential:
     """A copy of ``base`` (same weights) with the chosen layers swapped in."""
     net = copy.deepcopy(base)
     for i, layer in enumerate(net):
-        if patch and i == 0 and type(layer) is nn.Conv2d:
-            new = PatchConv2d(layer.in_channels, layer.out_channels, 3, padding="same")
-            new.load_state_dict(layer.state_dict())
-            net[i] = new
-        elif mask and type(layer) is nn.Dropout:
+        if mask and type(layer) is nn.Dropout:
             net[i] = MaskDropout(layer.p)
         elif pool_pad and isinstance(layer, nn.MaxPool2d):
             net[i] = PadPool()
@@ -62,22 +58,15 @@ def make_variants(base: nn.Sequential) -> dict[str, tuple[nn.Sequential, bool, s
     cl = torch.channels_last
 
     def default() -> nn.Sequential:
-        return variant(base, False, True).to(memory_format=cl)
+        return variant(base, True).to(memory_format=cl)
 
     return {
-        "baseline (nn.Conv2d, nn.Dropout, NCHW)": (variant(base, False, False), False, ""),
-        "channels_last (weights and input)": (variant(base, False, False).to(memory_format=cl), True, ""),
-        "PatchConv2d alone": (variant(base, True, False), False, ""),
-        "MaskDropout alone (NCHW)": (variant(base, False, True), False, ""),
+        "baseline (nn.Conv2d, nn.Dropout, NCHW)": (variant(base, False), False, ""),
+        "channels_last (weights and input)": (variant(base, False).to(memory_format=cl), True, ""),
+        "MaskDropout alone (NCHW)": (variant(base, True), False, ""),
         "default = cnn_network(): channels_last weights + MaskDropout": (default(), False, ""),
-        "PatchConv2d + MaskDropout": (variant(base, True, True), False, ""),
-        "PatchConv2d + MaskDropout + channels_last weights": (
-            variant(base, True, True).to(memory_format=cl),
-            False,
-            "",
-        ),
         "default + zero-pad pooling": (
-            variant(base, False, True, pool_pad=True).to(memory_format=cl),
+            variant(base, True, pool_pad=True).to(memory_format=cl),
             False,
             "",
         ),

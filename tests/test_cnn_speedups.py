@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli, write_mnist
+from helpers import run_cli, write_mnist
 from torch import nn
 
 from lit_mnist.cli import main as cli_main
-from lit_mnist.models.cnn import MaskDropout, PatchConv2d, cnn_network
+from lit_mnist.models.cnn import MaskDropout, cnn_network
 
-#: float32: the patch matrix product sums the same 9·C products as the convolution, in another order.
+#: float32: channels-last convolutions sum the same products in another order.
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 #: Weight and bias gradients sum B·H·W products each (3,136 here): float32 rounding grows with that.
 GRAD_TOL = {"atol": 1e-4, "rtol": 1e-4}
@@ -28,35 +28,6 @@ def reference_cnn() -> nn.Sequential:
             layers.append(nn.Dropout(0.2))
     layers += [nn.Flatten(), nn.Linear(128 * 4 * 4, 625), nn.ReLU(), nn.Dropout(0.5), nn.Linear(625, 10)]
     return nn.Sequential(*layers)
-
-
-@pytest.mark.parametrize(("c_in", "size"), [(1, 28), (3, 7)])
-def test_patch_conv_matches_conv2d(c_in: int, size: int) -> None:
-    torch.manual_seed(0)
-    conv = nn.Conv2d(c_in, 16, 3, padding="same")
-    patch = PatchConv2d(c_in, 16, 3, padding="same")
-    patch.load_state_dict(conv.state_dict())
-    x = torch.rand(4, c_in, size, size)
-    x_ref, x_patch = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out_ref, out_patch = conv(x_ref), patch(x_patch)
-    assert out_patch.shape == out_ref.shape == (4, 16, size, size)
-    assert out_patch.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out_patch, out_ref, **TOL)
-    grad = torch.randn_like(out_ref)
-    out_ref.backward(grad)
-    out_patch.backward(grad)
-    torch.testing.assert_close(x_patch.grad, x_ref.grad, **TOL)
-    torch.testing.assert_close(patch.weight.grad, conv.weight.grad, **GRAD_TOL)
-    torch.testing.assert_close(patch.bias.grad, conv.bias.grad, **GRAD_TOL)
-
-
-@pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_patch_conv_traces_as_a_convolution() -> None:
-    patch = PatchConv2d(1, 8, 3, padding="same").eval()
-    x = torch.rand(2, 1, 28, 28)
-    traced = torch.jit.trace(patch, x)
-    assert "aten::_convolution" in str(traced.graph) and "im2col" not in str(traced.graph)
-    torch.testing.assert_close(traced(x), patch(x), **TOL)
 
 
 def test_mask_dropout_eval_is_identity_and_train_drops_p() -> None:
@@ -76,11 +47,10 @@ def test_mask_dropout_eval_is_identity_and_train_drops_p() -> None:
     assert not MaskDropout(1.0).train()(x).any()
 
 
-@pytest.mark.parametrize("patch_conv", [False, True])
-def test_cnn_network_computes_the_plain_network(patch_conv: bool) -> None:
+def test_cnn_network_computes_the_plain_network() -> None:
     torch.manual_seed(0)
-    fast, reference = cnn_network(patch_conv=patch_conv), reference_cnn()
-    assert isinstance(fast[0], PatchConv2d) == patch_conv and isinstance(fast[3], MaskDropout)
+    fast, reference = cnn_network(), reference_cnn()
+    assert isinstance(fast[3], MaskDropout)
     assert fast[4].weight.is_contiguous(memory_format=torch.channels_last)
     reference.load_state_dict(fast.state_dict())  # strict: same keys and shapes
     x = torch.rand(8, 1, 28, 28)
@@ -90,7 +60,7 @@ def test_cnn_network_computes_the_plain_network(patch_conv: bool) -> None:
 
 def test_cnn_network_gradients_match_without_dropout() -> None:
     torch.manual_seed(0)
-    fast = cnn_network(conv_dropout=0.0, hidden_dropout=0.0, patch_conv=True).train()
+    fast = cnn_network(conv_dropout=0.0, hidden_dropout=0.0).train()
     reference = reference_cnn()
     reference.load_state_dict(fast.state_dict())
     for layer in reference:

@@ -77,7 +77,7 @@ def test_blobs_model_is_affine_2_to_1():
 
 def test_cnn_flattens_before_the_third_dropout():
     net = CNN().net
-    # The CPU-fast layers (PatchConv2d, MaskDropout) are subclasses: name each layer by its torch.nn class.
+    # MaskDropout is an nn.Dropout: name each layer by its torch.nn class.
     kinds = [next(c.__name__ for c in type(m).__mro__ if c.__module__.startswith("torch.nn")) for m in net]
     block = ["Conv2d", "ReLU", "MaxPool2d"]
     head = ["Flatten", "Linear", "ReLU", "Dropout", "Linear"]

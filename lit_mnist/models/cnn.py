@@ -6,77 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lit_mnist.models.classifier import MNISTClassifier
-
-
-def _exporting() -> bool:
-    """Whether the module is being traced or exported (TorchScript or ``torch.export``/ONNX)."""
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_exporting()
-
-
-class PatchConv2d(nn.Conv2d):
-    """``nn.Conv2d`` computed as its patches (im2col) times the weight matrix, output channels-last.
-
-    For a convolution with few input channels (seed 002's first layer has one) the work is a
-    thin matrix product: the ``C·k·k`` patches of every pixel times the ``[out_channels, C·k·k]``
-    weight, whose result, ``[B, H, W, out_channels]`` in memory, is the channels-last layout
-    the next convolution wants. Whether this beats oneDNN's own kernel depends on the PyTorch
-    build: with PyTorch 2.14 (oneDNN 3.12) a whole step measured no faster than with oneDNN's
-    channels-last kernel (``benchmarks/cnn_cpu.py``), so ``cnn_network`` uses it only when asked.
-    The weight and bias are ``nn.Conv2d``'s (same names, shapes and
-    initialisation, so checkpoints load either way); autograd gives the backward pass. Anything
-    but stride 1, dilation 1, one group and zero padding, and tracing or exporting (TorchScript,
-    ONNX), take ``nn.Conv2d``'s own forward, which computes the same values.
-
-    Args:
-        in_channels: Channels of the input.
-        out_channels: Filters, the channels of the output.
-        kernel_size: Side of the (square) kernel.
-        padding: ``"same"``, ``"valid"`` or the zero padding on each side.
-        bias: Add a learnable bias.
-    """
-
-    def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, padding: str | int = 0, bias: bool = True
-    ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, padding=padding, bias=bias)
-
-    def _patchable(self, x: torch.Tensor) -> bool:
-        return (
-            x.dim() == 4
-            and self.stride == (1, 1)
-            and self.dilation == (1, 1)
-            and self.groups == 1
-            and self.padding_mode == "zeros"
-            and self.kernel_size[0] == self.kernel_size[1]
-            and self.kernel_size[0] % 2 == 1
-            and not _exporting()
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._patchable(x):
-            return super().forward(x)
-        k = self.kernel_size[0]
-        pad = (
-            (k // 2, k // 2)
-            if self.padding == "same"
-            else (0, 0)
-            if self.padding == "valid"
-            else self.padding
-        )
-        batch, _, height, width = x.shape
-        out_h, out_w = height + 2 * pad[0] - k + 1, width + 2 * pad[1] - k + 1
-        cols = F.unfold(x, k, padding=pad).transpose(1, 2)  # [B, out_h·out_w, C·k·k]
-        weight = self.weight.reshape(self.out_channels, -1).t()  # [C·k·k, out_channels]
-        out = (
-            cols @ weight
-            if self.bias is None
-            else torch.baddbmm(self.bias, cols, weight.expand(batch, -1, -1))
-        )
-        return out.reshape(batch, out_h, out_w, self.out_channels).permute(0, 3, 1, 2)
 
 
 class MaskDropout(nn.Dropout):
@@ -111,7 +43,6 @@ def cnn_network(
     image_size: int = 28,
     num_classes: int = 10,
     fast: bool = True,
-    patch_conv: bool = False,
 ) -> nn.Sequential:
     """Conv blocks, then a dense hidden layer, as seed 002's code runs them::
 
@@ -126,11 +57,8 @@ def cnn_network(
     With ``fast`` (the default) the convolution weights are channels-last, so that every
     convolution, ReLU and pooling runs channels-last (oneDNN's faster layout on the CPU), and the
     dropouts are ``MaskDropout``: the same layers, parameters and ``state_dict`` keys, computing
-    the same function (only the dropout masks come from a different random stream). On this
-    project's 2-core CPU a training step took 0.78 × the time of plain NCHW
-    ``nn.Conv2d``/``nn.Dropout`` (``benchmarks/cnn_cpu.py``, README). ``patch_conv`` computes the
-    first convolution as ``PatchConv2d`` (im2col + one matrix product); with PyTorch 2.14
-    (oneDNN 3.12) it measured no faster, so it is off by default.
+    the same function (only the dropout masks come from a different random stream); the README's
+    Performance section has the measured gain (``benchmarks/cnn_cpu.py``).
 
     Args:
         channels: Filters of each 3×3 convolution block, in order.
@@ -141,15 +69,13 @@ def cnn_network(
         num_classes: Number of logits.
         fast: Channels-last convolution weights and ``MaskDropout``; ``False`` builds plain
             NCHW ``nn.Conv2d`` and ``nn.Dropout`` layers.
-        patch_conv: Make the first convolution a ``PatchConv2d``.
     """
-    conv_class = PatchConv2d if patch_conv else nn.Conv2d
     dropout_class = MaskDropout if fast else nn.Dropout
     layers: list[nn.Module] = []
     in_channels, size = 1, image_size
     for i, out_channels in enumerate(channels):
         layers += [
-            (conv_class if i == 0 else nn.Conv2d)(in_channels, out_channels, kernel_size=3, padding="same"),
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding="same"),
             nn.ReLU(),
             nn.MaxPool2d(2, ceil_mode=True),
         ]
