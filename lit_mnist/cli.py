@@ -257,6 +257,8 @@ def _quiet_lightning_noise() -> None:
     # TensorBoard's add_graph traces with torch.jit; PredictionWriter counts rows itself.
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices")
+    # tune runs each trial's LitMNISTCLI in-process with args while sys.argv holds tune's own.
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
 
 
 def _user_error_in(err: BaseException | None) -> LitMNISTError | None:
