@@ -17,12 +17,15 @@ install: $(STAMP)
 train: $(STAMP)
 	$(BIN)/python -m lit_mnist fit --config configs/mlp.yaml
 
+# Two pytest workers (pytest-xdist), each taking whole files; most tests wait on child processes.
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile
+
 test: lint
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 # The inner loop: everything but the tests marked slow (real-MNIST training, notebooks, multi-process runs).
 test-fast: lint
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(PYTEST) -m "not slow" -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

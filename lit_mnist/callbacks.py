@@ -61,7 +61,7 @@ class LineProgressBar(ProgressBar):
         total = self.total_train_batches
         if not isinstance(total, int) or total < 2 * self.lines_per_epoch:
             return
-        done = batch_idx + 1  # batch_idx may advance by more than 1 (steps_per_execution)
+        done = batch_idx + 1
         step = total // self.lines_per_epoch
         if done // step > self._lines_printed and done < total - step // 2:
             self._lines_printed = done // step

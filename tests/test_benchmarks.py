@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from helpers import REPO
 
 
@@ -40,6 +41,7 @@ def test_bench_fit_cpu_smoke():
     assert 0 <= lit <= 100 and plain > 80  # the plain loop trains a full epoch
 
 
+@pytest.mark.slow
 def test_vs_keras_lit_side_row(tmp_path):
     """The lit side of vs_keras.py runs for real (no TensorFlow) and its table row carries its numbers."""
     out_file = tmp_path / "vs_keras.md"
@@ -78,6 +80,7 @@ def test_vs_keras_refuses_an_unknown_model():
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_device_check_smoke_records_every_step_with_its_figures(tmp_path):
     """``device_check.py --smoke``: every step ran on the CPU, ok, and its figures reached the JSON and the Markdown."""
     result = subprocess.run(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 import torch._dynamo
 from helpers import run_cli
 from torch._dynamo.utils import counters
 
 from lit_mnist import MLP, MNISTDataModule
+
+pytestmark = pytest.mark.slow  # inductor compiles C++
 
 
 class _Losses(L.Callback):

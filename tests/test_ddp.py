@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from helpers import run_cli
+
+pytestmark = pytest.mark.slow  # two DDP processes
 
 
 def _test_acc(stdout: str) -> float:

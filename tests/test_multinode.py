@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import REPO, free_port
 from multinode_helpers import write_indexed_mnist
+
+pytestmark = pytest.mark.slow  # several processes per test (torchrun)
 
 MODEL = """seed_everything: 0
 trainer: {{max_epochs: 1}}

@@ -214,6 +214,7 @@ def uninterrupted(tmp_path_factory) -> Path:
     return logs / "mlp" / "version_0" / "checkpoints" / "last.ckpt"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, 0.6], ids=["at-epoch-boundary", "mid-epoch"])
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(delay, tmp_path, uninterrupted):
     logs = ("--trainer.logger.init_args.save_dir", str(tmp_path))

@@ -10,6 +10,8 @@ import pytest
 
 from lit_mnist.serve import running
 
+pytestmark = pytest.mark.slow  # a server and a browser
+
 CHROMIUM = Path("/usr/bin/chromium")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
 if not CHROMIUM.exists():

@@ -232,6 +232,7 @@ def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 120
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_trial_then_the_same_command_finishes_the_study(work: Path) -> None:
     (work / "space.yaml").write_text(
         "model.init_args.optimizer.init_args.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
@@ -294,6 +295,7 @@ POSTGRES_BIN = Path("/usr/lib/postgresql")
 pg_bins = sorted(POSTGRES_BIN.glob("*/bin/pg_ctl")) if POSTGRES_BIN.is_dir() else []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not pg_bins or os.geteuid() != 0,
     reason="needs Debian's postgresql package and root to run it as postgres",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import os
+import shutil
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +14,6 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 from torchvision.datasets import MNIST
-from torchvision.datasets.utils import extract_archive
 
 from lit_mnist.data.images import load_image_folder
 from lit_mnist.data.loader import batch_loader
@@ -62,9 +64,10 @@ def _socket_timeout(seconds: float):
 def ensure_mnist_files(data_dir: str | Path) -> Path:
     """Make the four decompressed IDX files exist under ``data_dir/MNIST/raw/`` and return that folder.
 
-    Decompressed files are used as they are; ``.gz`` files beside them are extracted with
-    torchvision's ``extract_archive``; if neither is there, torchvision downloads them, with a
-    short socket time-out so that a machine without network fails fast with a clear message.
+    Decompressed files are used as they are; ``.gz`` files beside them are decompressed to a
+    temporary name and renamed into place, so processes starting together (DDP ranks, parallel
+    tests) never read a half-written file; if neither is there, torchvision downloads them, with
+    a short socket time-out so that a machine without network fails fast with a clear message.
     """
     root = Path(data_dir)
     if root.exists() and not root.is_dir():
@@ -75,9 +78,13 @@ def ensure_mnist_files(data_dir: str | Path) -> Path:
     for name in IDX_FILES:
         path, archive = folder / name, folder / f"{name}.gz"
         if not path.exists() and archive.exists():
+            partial = folder / f".{name}.{os.getpid()}.partial"
             try:
-                extract_archive(str(archive), str(folder))
+                with gzip.open(archive) as compressed, partial.open("wb") as out:
+                    shutil.copyfileobj(compressed, out)
+                os.replace(partial, path)
             except (OSError, EOFError) as err:
+                partial.unlink(missing_ok=True)
                 raise MNISTDataError(f"Could not decompress {archive}: {err}.") from None
     if all((folder / name).exists() for name in IDX_FILES):
         return folder
