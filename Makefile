@@ -18,7 +18,7 @@ train: $(STAMP)
 	$(BIN)/python -m lit_mnist fit --config configs/mlp.yaml
 
 # Two pytest workers (pytest-xdist), each taking whole files; most tests wait on child processes.
-PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 test: lint
 	$(PYTEST)
