@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torchvision.datasets import MNIST
 
 from lit_mnist import MNISTDataModule
-from lit_mnist.data import BatchIndexSampler, MNISTDataError, batch_loader
+from lit_mnist.data import BatchIndexSampler, MNISTDataError, batch_loader, load_mnist
 from lit_mnist.errors import LitMNISTError
 
 
@@ -78,9 +78,12 @@ def test_gz_files_are_extracted(tmp_path):
     for f in src.iterdir():
         with f.open("rb") as fin, gzip.open(raw / f"{f.name}.gz", "wb") as fout:
             shutil.copyfileobj(fin, fout)
+    images, labels = load_mnist(tmp_path / "data", train=False)  # load_mnist decompresses on its own
+    assert images.shape == (40, 28, 28) and labels.tolist() == [i % 10 for i in range(40)]
     dm = _setup(tmp_path / "data", val_size=0)
     assert len(dm.splits["train"][0]) == 120
     assert (raw / "train-images-idx3-ubyte").read_bytes() == (src / "train-images-idx3-ubyte").read_bytes()
+    assert not list(raw.glob(".*.partial"))
 
 
 def test_missing_data_names_folder_and_files_quickly(tmp_path, monkeypatch):

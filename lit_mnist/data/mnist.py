@@ -76,16 +76,7 @@ def ensure_mnist_files(data_dir: str | Path) -> Path:
         )
     folder = raw_folder(root)
     for name in IDX_FILES:
-        path, archive = folder / name, folder / f"{name}.gz"
-        if not path.exists() and archive.exists():
-            partial = folder / f".{name}.{os.getpid()}.partial"
-            try:
-                with gzip.open(archive) as compressed, partial.open("wb") as out:
-                    shutil.copyfileobj(compressed, out)
-                os.replace(partial, path)
-            except (OSError, EOFError) as err:
-                partial.unlink(missing_ok=True)
-                raise MNISTDataError(f"Could not decompress {archive}: {err}.") from None
+        _decompress(folder / name)
     if all((folder / name).exists() for name in IDX_FILES):
         return folder
     try:
@@ -130,12 +121,32 @@ def check_idx_file(path: Path) -> int:
     return count
 
 
+def _decompress(path: Path) -> None:
+    """Decompress ``path.gz`` into ``path`` if only the archive is there, under a temporary name first."""
+    archive = path.with_name(f"{path.name}.gz")
+    if path.exists() or not archive.exists():
+        return
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with gzip.open(archive) as compressed, partial.open("wb") as out:
+            shutil.copyfileobj(compressed, out)
+        os.replace(partial, path)
+    except (OSError, EOFError) as err:
+        partial.unlink(missing_ok=True)
+        raise MNISTDataError(f"Could not decompress {archive}: {err}.") from None
+
+
 def load_mnist(data_dir: str | Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Checked uint8 images ``[N, 28, 28]`` and int64 labels ``[N]`` of one MNIST split."""
+    """Checked uint8 images ``[N, 28, 28]`` and int64 labels ``[N]`` of one MNIST split.
+
+    Vendored ``.gz`` files are decompressed first if needed; nothing is downloaded.
+    """
     folder = raw_folder(data_dir)
     prefix = "train" if train else "t10k"
     images_file = folder / f"{prefix}-images-idx3-ubyte"
     labels_file = folder / f"{prefix}-labels-idx1-ubyte"
+    for name in IDX_FILES:  # torchvision's MNIST wants all four
+        _decompress(folder / name)
     for path in (images_file, labels_file):
         if not path.exists():
             raise MNISTDataError(_missing_files_message(folder, tried_download=False))
