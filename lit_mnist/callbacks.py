@@ -29,6 +29,9 @@ class LineProgressBar(ProgressBar):
 
     Lightning's tqdm bar writes a new line per refresh when its output is not a terminal; the
     CLI uses this bar instead in that case.
+
+    Args:
+        lines_per_epoch: Progress lines per training epoch (before the epoch's summary line).
     """
 
     def __init__(self, lines_per_epoch: int = 4) -> None:
@@ -88,6 +91,9 @@ class EpochTimer(Timer):
 
     Times are taken after the accelerator has finished its queued work, so they are honest on GPU.
     ``time_elapsed("train")`` is the fit loop's wall time, from ``on_train_start`` to ``on_train_end``.
+
+    Args:
+        **kwargs: Lightning ``Timer``'s arguments (``duration``, ``interval``, ``verbose``).
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -160,7 +166,9 @@ def keras_summary(model: L.LightningModule, max_depth: int = 2) -> str:
 class KerasModelSummary(ModelSummary):
     """``fit`` starts by printing ``keras_summary`` of the model instead of Lightning's table.
 
-    ``max_depth`` 2 lists the layers inside ``net``; 0 prints nothing.
+    Args:
+        max_depth: How deep into the module tree to list layers: 2 lists those inside ``net``;
+            0 prints nothing.
     """
 
     def __init__(self, max_depth: int = 2) -> None:
@@ -227,6 +235,11 @@ class TensorBoardFigures(L.Callback):
     batches. Under DDP the confusion matrix covers all processes and the worst images those of
     process 0. Drawing the two evaluation figures takes about half a second on a CPU core, which is
     why they are not drawn after every epoch by default.
+
+    Args:
+        num_samples: Training images in ``train/samples``.
+        num_worst: Misclassified images in each ``worst_errors`` grid.
+        every_n_epochs: Draw the validation figures after every n-th epoch (and the last).
     """
 
     def __init__(self, num_samples: int = 32, num_worst: int = 16, every_n_epochs: int = 5) -> None:
@@ -338,6 +351,9 @@ class PredictionWriter(BasePredictionWriter):
     (``lightning_logs/<run>/version_N/`` with the default logger; the working directory with
     none). Rows are written batch by batch. Meant for one process: under DDP every process would
     write its own shard to the same file.
+
+    Args:
+        filename: The CSV file's name inside the run's directory.
     """
 
     def __init__(self, filename: str = "predictions.csv") -> None:
