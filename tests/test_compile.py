@@ -6,7 +6,7 @@ import lightning as L
 import pytest
 import torch
 import torch._dynamo
-from helpers import run_cli
+from helpers import quiet_trainer, run_cli
 from torch._dynamo.utils import counters
 
 from lit_mnist import MLP, MNISTDataModule
@@ -27,8 +27,7 @@ def _fit(data, compile: bool) -> tuple[list[float], MLP]:
     model = MLP(hidden_sizes=[16], compile=compile)
     datamodule = MNISTDataModule(data_dir=str(data), batch_size=20, val_size=0)
     losses = _Losses()
-    trainer = L.Trainer(max_steps=6, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[losses])  # fmt: skip
+    trainer = quiet_trainer(max_steps=6, devices=1, callbacks=[losses])
     trainer.fit(model, datamodule=datamodule)
     return losses.losses, model
 

@@ -14,7 +14,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, run_cli
+from helpers import REPO, quiet_trainer, run_cli
 
 from lit_mnist import MLP, MNISTDataModule
 from lit_mnist.data.mnist import load_mnist
@@ -49,9 +49,14 @@ def _fit_mlp(data: Path, on_device: bool) -> tuple[list, dict]:
     model = MLP(hidden_sizes=[64])
     datamodule = MNISTDataModule(data_dir=str(data), batch_size=64, val_size=1000, on_device=on_device)
     batches = _Batches(5)
-    trainer = L.Trainer(accelerator=ACCELERATOR, devices=1, max_steps=50, limit_val_batches=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        deterministic=True, callbacks=[batches])  # fmt: skip
+    trainer = quiet_trainer(
+        accelerator=ACCELERATOR,
+        devices=1,
+        max_steps=50,
+        limit_val_batches=0,
+        deterministic=True,
+        callbacks=[batches],
+    )
     trainer.fit(model, datamodule=datamodule)
     return batches.batches, {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
