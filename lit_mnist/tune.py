@@ -26,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,16 +336,21 @@ def open_rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     """
     import sqlalchemy.exc
 
+    error: Exception | None = None
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            if attempt == attempts - 1:
-                raise
+            with (
+                warnings.catch_warnings()
+            ):  # the heartbeat is chosen knowingly (a dead machine's trial fails)
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as err:
+            error = err  # the tables may be half created by another process: try again
             time.sleep(0.2 * (attempt + 1))
         except Exception as err:
-            raise LitMNISTError(f"Cannot open the storage {url}: {str(err).splitlines()[0]}") from None
-    raise AssertionError("unreachable")
+            error = err
+            break
+    raise LitMNISTError(f"Cannot open the storage {url}: {str(error).splitlines()[0]}")
 
 
 def open_study(args: argparse.Namespace, study_dir: Path) -> tuple[optuna.Study, Any, str]:

@@ -204,6 +204,7 @@ def test_a_float_range_under_grid_and_bad_options_are_refused(
         (["--n_trials", "0"], "--n_trials must be 1 or more"),
         (["--sampler", "bayes"], "invalid choice"),
         (["--trainer.max_epochs", "many"], "fit refuses these arguments"),
+        (["--storage", f"sqlite:///{work}/no/such/folder/study.db"], "Cannot open the storage sqlite:///"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             main(["tune", "--search", "space.yaml", *FIT, *extra])
