@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_mnist.data.mnist import ensure_mnist_files, load_mnist
-from lit_mnist.models.cnn import MaskDropout, cnn_network
+from lit_mnist.models.cnn import cnn_network
+from lit_mnist.models.mlp import MaskDropout
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,8 @@ from helpers import run_cli, write_mnist
 from torch import nn
 
 from lit_mnist.cli import main as cli_main
-from lit_mnist.models.cnn import MaskDropout, cnn_network
+from lit_mnist.models.cnn import cnn_network
+from lit_mnist.models.mlp import MaskDropout
 
 #: float32: channels-last convolutions sum the same products in another order.
 TOL = {"atol": 1e-5, "rtol": 1e-5}

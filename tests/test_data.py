@@ -170,7 +170,7 @@ def test_index_batches_equal_the_simple_loader():
 
 def test_shards_of_two_processes_cover_the_data_once():
     shards = [list(BatchIndexSampler(100, 8, shuffle=True, seed=3, num_replicas=2, rank=r)) for r in (0, 1)]
-    flat = [sorted(i for batch in shard for i in batch) for shard in shards]
+    flat = [sorted(i for batch in shard for i in batch.tolist()) for shard in shards]
     assert len(flat[0]) == len(flat[1]) == 50
     assert sorted(flat[0] + flat[1]) == list(range(100))
 

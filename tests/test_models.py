@@ -75,10 +75,14 @@ def test_blobs_model_is_affine_2_to_1():
     torch.testing.assert_close(model(x), x @ weight.T + bias)
 
 
+def _torch_nn_kinds(net: nn.Sequential) -> list[str]:
+    """Each layer's torch.nn class name (``MaskDropout`` is an ``nn.Dropout``)."""
+    return [next(c.__name__ for c in type(m).__mro__ if c.__module__.startswith("torch.nn")) for m in net]
+
+
 def test_cnn_flattens_before_the_third_dropout():
     net = CNN().net
-    # MaskDropout is an nn.Dropout: name each layer by its torch.nn class.
-    kinds = [next(c.__name__ for c in type(m).__mro__ if c.__module__.startswith("torch.nn")) for m in net]
+    kinds = _torch_nn_kinds(net)
     block = ["Conv2d", "ReLU", "MaxPool2d"]
     head = ["Flatten", "Linear", "ReLU", "Dropout", "Linear"]
     assert kinds == [*block, "Dropout", *block, "Dropout", *block, *head]
@@ -87,7 +91,7 @@ def test_cnn_flattens_before_the_third_dropout():
 
 
 def test_modern_mlp_drops_after_the_first_hidden_layer_only():
-    kinds = [type(m).__name__ for m in DropoutMLP([625, 625], [0.6, 0.0]).net]
+    kinds = _torch_nn_kinds(DropoutMLP([625, 625], [0.6, 0.0]).net)
     assert kinds == ["Flatten", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Linear"]
 
 

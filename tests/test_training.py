@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import Counter
 
 import lightning as L
@@ -123,3 +126,19 @@ def test_gradient_clipping_and_accumulation_train_a_seed_config(tiny_mnist, tmp_
     assert counter.calls["before_backward"] == counter.calls["batch_end"] == 5  # 80 images / 16
     assert counter.calls["before_optimizer_step"] == cli.trainer.global_step == 3  # 2 + 2 + the last 1
     assert any(not torch.equal(a, b) for a, b in zip(before, cli.model.parameters(), strict=True))
+
+
+def test_without_a_gpu_optimizer_steps_do_not_look_for_one_through_nvml():
+    """Lightning's import asks for NVML-based GPU checks; ``import lit_mnist`` undoes it without a GPU."""
+    probe = (
+        "import os, sys; import lightning; print(os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK')); "
+        "import lit_mnist, torch; print(os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'), torch.cuda.is_available())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTORCH_NVML_BASED_CUDA_CHECK"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    after_lightning, after_lit_mnist = out.stdout.split("\n")[:2]
+    assert after_lightning == "1", (
+        "Lightning no longer sets PYTORCH_NVML_BASED_CUDA_CHECK: drop lit_mnist's undo"
+    )
+    check, gpu = after_lit_mnist.split()
+    assert check == ("1" if gpu == "True" else "0")

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 class TensorBatches(Dataset):
-    """Tensors indexed a whole batch at a time: ``dataset[list_of_indices]`` is one batch."""
+    """Tensors indexed a whole batch at a time: ``dataset[indices]`` (a 1-D index tensor) is one batch."""
 
     def __init__(self, *tensors: torch.Tensor) -> None:
         if len({len(t) for t in tensors}) != 1:
@@ -23,13 +23,13 @@ class TensorBatches(Dataset):
     def __len__(self) -> int:
         return len(self.tensors[0])
 
-    def __getitem__(self, index: list[int]) -> tuple[torch.Tensor, ...]:
+    def __getitem__(self, index: torch.Tensor | list[int]) -> tuple[torch.Tensor, ...]:
         index = torch.as_tensor(index, device=self.tensors[0].device)
         return tuple(t[index] for t in self.tensors)
 
 
 class BatchIndexSampler(DistributedSampler):
-    """Yields lists of indices, one per batch, in an order fixed by ``(seed, epoch)``.
+    """Yields index tensors, one per batch, in an order fixed by ``(seed, epoch)``.
 
     It is ``DistributedSampler`` (so Lightning calls ``set_epoch`` and leaves it alone under
     DDP, and each of ``num_replicas`` processes sees its own shard) cut into batches. Because the
@@ -58,8 +58,9 @@ class BatchIndexSampler(DistributedSampler):
         self.batch_size = batch_size
         self.drop_last_batch = drop_last
 
-    def __iter__(self) -> Iterator[list[int]]:
-        indices = list(super().__iter__())
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        # One tensor per epoch, sliced per batch: a list slice cost a list-to-tensor copy per batch.
+        indices = torch.tensor(list(super().__iter__()), dtype=torch.long)
         stop = len(indices) - len(indices) % self.batch_size if self.drop_last_batch else len(indices)
         for start in range(0, stop, self.batch_size):
             yield indices[start : start + self.batch_size]

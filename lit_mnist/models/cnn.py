@@ -9,30 +9,7 @@ import torch
 from torch import nn
 
 from lit_mnist.models.classifier import MNISTClassifier
-
-
-class MaskDropout(nn.Dropout):
-    """``nn.Dropout`` with its mask drawn as uniform numbers compared with ``p``.
-
-    Same distribution as ``nn.Dropout`` (each element kept with probability ``1 - p``, survivors
-    scaled by ``1 / (1 - p)``, identity in eval mode), but ``uniform_`` and a comparison are much
-    faster on the CPU than the Bernoulli kernel behind ``nn.Dropout``; the random numbers drawn
-    differ, so runs are not bit-identical to ones with ``nn.Dropout``.
-
-    Args:
-        p: Probability of zeroing an element.
-    """
-
-    def __init__(self, p: float = 0.5) -> None:
-        super().__init__(p)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        if self.p == 1:
-            return x * 0
-        mask = (torch.empty_like(x).uniform_() >= self.p).to(x.dtype).mul_(1 / (1 - self.p))
-        return x * mask
+from lit_mnist.models.mlp import MaskDropout
 
 
 def cnn_network(
