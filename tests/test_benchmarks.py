@@ -119,3 +119,42 @@ def test_device_check_smoke_records_every_step_with_its_figures(tmp_path):
         and f"ratio {steps['bench_fit_cnn']['results']['ratio']:.3f}" in summary
     )
     assert "===== reproduce_cnn" in (tmp_path / "device_check.log").read_text()
+
+
+def test_profile_fit_sorts_samples_into_parts_by_their_deepest_known_frame():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import profile_fit
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    loop = "fit (x.py:1);_TrainingEpochLoop.advance (lightning/pytorch/loops/training_epoch_loop.py:352)"
+    step = f"{loop};Adam.step (torch/optim/adam.py:227);Closure.__call__ (lightning/pytorch/loops/optimization/automatic.py:146)"
+    raw = "\n".join(
+        [
+            f"{step};MNISTClassifier.forward (lit_mnist/models/classifier.py:95);Linear.forward (torch/nn/modules/linear.py:134) 5",
+            f"{step};Closure.closure (lightning/pytorch/loops/optimization/automatic.py:131) 2",
+            f"{loop};Adam.step (torch/optim/adam.py:248);_fused_adam (torch/optim/adam.py:879) 3",
+            f"{loop};Adam.step (torch/optim/adam.py:222) 1",
+            f"{loop};Optimizer.zero_grad (torch/optim/optimizer.py:1047) 4",
+            f"{loop};_call_callback_hooks (lightning/pytorch/trainer/call.py:227);ModelCheckpoint.on_train_batch_end (lightning/pytorch/callbacks/model_checkpoint.py:300) 6",
+            "main (lit_mnist/cli.py:311);Trainer.test (lightning/pytorch/trainer/trainer.py:700) 50",
+        ]
+    )
+    parts, total = profile_fit.split_by_part(profile_fit.parse_raw(raw))
+    assert total == 21  # the 50 samples outside the training loop do not count
+    assert parts == {
+        "network forward": 5,
+        "Lightning's loop, the rest": 2,  # Lightning's closure, inside Adam.step
+        "optimizer kernels": 3,
+        "optimizer Python (step, state, profiling hooks)": 1,
+        "zero_grad": 4,
+        "callbacks' hooks": 6,
+    }
+    assert "| network forward | 23.8 % | 0.238 |" in profile_fit.table(parts, total, 0.021, 21)
+
+
+def test_profile_fit_smoke():
+    out = _run("profile_fit.py", "--config", "configs/linear.yaml", "--batches", "60", "--rate", "100")
+    shares = [float(x) for x in re.findall(r"^\| [^*|][^|]* \| ([\d.]+) % \| [\d.]+ \|$", out, re.M)]
+    assert shares and abs(sum(shares) - 100) < 1, out
+    assert re.search(r"^\| \*\*training loop\*\* \| 100 % \| [\d.]+ \|$", out, re.M), out
