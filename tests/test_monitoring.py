@@ -129,7 +129,7 @@ def test_dropout_model_summary_counts_like_keras() -> None:
     counts = dict(zip(summary.layer_names, summary.param_nums, strict=True))
     assert (counts["net.1"], counts["net.4"]) == (100_480, 1_290)
     table = keras_summary(model)
-    assert re.search(r"net\.3 \(Dropout\)\s+\(None, 128\)\s+0", table)
+    assert re.search(r"net\.3 \(MaskDropout\)\s+\(None, 128\)\s+0", table)
     assert "Total params: 101,770" in table and "Non-trainable params: 0" in table
 
 
