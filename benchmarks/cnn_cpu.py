@@ -43,6 +43,15 @@ class PadPool(nn.Module):
         return F.max_pool2d(x, 2)
 
 
+def plain_cnn() -> nn.Sequential:
+    """``cnn_network()`` with plain layers: NCHW weights and ``nn.Dropout`` (the same initial weights)."""
+    net = cnn_network().to(memory_format=torch.contiguous_format)
+    for i, layer in enumerate(net):
+        if isinstance(layer, MaskDropout):
+            net[i] = nn.Dropout(layer.p)
+    return net
+
+
 def variant(base: nn.Sequential, mask: bool, pool_pad: bool = False) -> nn.Sequential:
     """A copy of ``base`` (same weights) with the chosen layers swapped in."""
     net = copy.deepcopy(base)
@@ -136,7 +145,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    base = cnn_network(fast=False)
+    base = plain_cnn()
     variants = make_variants(base)
     if args.only:
         keys = [k.strip() for k in args.only.split(",")]

@@ -12,6 +12,7 @@ from typing import IO, Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch import callbacks
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelSummary, ProgressBar, Timer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.model_summary import summarize
@@ -173,10 +174,90 @@ class KerasModelSummary(ModelSummary):
 
     def __init__(self, max_depth: int = 2) -> None:
         super().__init__(max_depth=max_depth)
+        self.max_depth = max_depth
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._max_depth and trainer.is_global_zero:
-            print(keras_summary(pl_module, self._max_depth), flush=True)
+        if self.max_depth and trainer.is_global_zero:
+            print(keras_summary(pl_module, self.max_depth), flush=True)
+
+
+class LearningRateMonitor(callbacks.LearningRateMonitor):
+    """Lightning's learning-rate logger, which does nothing in a run without a logger.
+
+    Lightning's stops such a run with an error; this one lets ``--trainer.logger false`` work
+    without also removing it from ``trainer.callbacks``.
+
+    Args:
+        logging_interval: ``step``, ``epoch``, or ``None`` for the scheduler's own interval.
+        log_momentum: Also log the momentum (or Adam's beta1).
+        log_weight_decay: Also log the weight decay.
+    """
+
+    def __init__(
+        self, logging_interval: str | None = None, log_momentum: bool = False, log_weight_decay: bool = False
+    ) -> None:
+        super().__init__(logging_interval, log_momentum, log_weight_decay)
+
+    def on_train_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_epoch_start(trainer, *args, **kwargs)
+
+
+class SameCheckpointOnEveryRank(L.Callback):
+    """Stops a distributed run whose processes started from different checkpoints.
+
+    Each process resolves ``--ckpt_path last`` on its own, in its own view of the log folder; a
+    process that found no file would train from scratch while the others resume. Once every
+    process has loaded its checkpoint (or none), they compare which one (its path under the
+    log folder, epoch and step) and all stop with one message if they differ. One process: no
+    check.
+    """
+
+    def __init__(self) -> None:
+        self.loaded = "no checkpoint (from scratch)"
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        path = Path(str(trainer.ckpt_path))
+        save_dir = trainer.logger.save_dir if trainer.logger is not None else None
+        if save_dir is not None and path.is_relative_to(Path(save_dir)):
+            path = path.relative_to(Path(save_dir))
+        self.loaded = f"{path} (epoch {checkpoint.get('epoch')}, step {checkpoint.get('global_step')})"
+
+    def _compare(self, trainer: L.Trainer) -> None:
+        if trainer.world_size < 2 or not torch.distributed.is_initialized():
+            return
+        choices: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(choices, self.loaded)
+        if len(set(choices)) > 1:
+            listed = "; ".join(f"rank {rank}: {found}" for rank, found in enumerate(choices))
+            raise LitMNISTError(
+                f"The processes of this run started from different checkpoints ({listed}); with "
+                "--ckpt_path last every machine must see the run's log folder at the same path (a shared "
+                "file system, or a copy), or pass the same --ckpt_path file to all."
+            )
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._compare(trainer)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._compare(trainer)
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._compare(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._compare(trainer)
 
 
 def tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:

@@ -1,4 +1,4 @@
-"""Checkpoints: read as data (``weights_only=True``) with one-sentence errors, written atomically, loaded."""
+"""Checkpoints: where runs keep them, read as data (``weights_only=True``), written atomically, loaded."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import importlib
 import io
 import os
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,11 @@ import torch
 from lightning.fabric.plugins.io import TorchCheckpointIO
 
 from lit_mnist.errors import LitMNISTError
+from lit_mnist.internals import saved_class_path
 from lit_mnist.models.classifier import MNISTClassifier
+
+#: The folder ``fit`` logs runs under by default: ``<save_dir>/<run name>/version_N/checkpoints/``.
+SAVE_DIR = "lightning_logs"
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -86,12 +91,11 @@ def load_model(ckpt_path: str | Path, checkpoint: dict[str, Any]) -> MNISTClassi
         ckpt_path: the checkpoint file.
         checkpoint: its content as ``read_checkpoint`` returns it, read for the model's class.
     """
-    hparams = checkpoint.get("hyper_parameters", {})
-    class_path = hparams.get("_class_path")
-    if not class_path:
+    class_path = saved_class_path(checkpoint)
+    if class_path is None:
         raise LitMNISTError(
-            f"{ckpt_path} does not record its model class (_class_path): use a "
-            "checkpoint written by python -m lit_mnist fit."
+            f"{ckpt_path} does not record its model class: "
+            "use a checkpoint written by python -m lit_mnist fit."
         )
     model_class = import_class_path(class_path)
     if model_class is None:
@@ -111,7 +115,7 @@ def check_model_class(checkpoint: dict[str, Any], path: str | Path, wanted: str 
         path: the checkpoint file, for the message.
         wanted: the config's model ``class_path``; ``None`` checks nothing.
     """
-    saved = checkpoint.get("hyper_parameters", {}).get("_class_path")
+    saved = saved_class_path(checkpoint)
     if not (saved and wanted):
         return
     saved_class, wanted_class = import_class_path(saved), import_class_path(wanted)
@@ -122,6 +126,18 @@ def check_model_class(checkpoint: dict[str, Any], path: str | Path, wanted: str 
         )
 
 
+def run_name(config_files: Sequence[Any], class_path: str | None) -> str:
+    """A run's name, the folder under the save dir that its versions go to.
+
+    Args:
+        config_files: The ``--config`` files, in order; the first one's stem names the run.
+        class_path: The model's class path, whose class name in lower case names a run without a config.
+    """
+    if config_files:
+        return Path(str(config_files[0])).stem
+    return (class_path or "model").rsplit(".", 1)[-1].lower()
+
+
 def find_last(run_dir: str | Path) -> Path | None:
     """The newest (by modification time) ``version_*/checkpoints/last.ckpt`` under ``run_dir``, else ``None``.
 
@@ -130,3 +146,21 @@ def find_last(run_dir: str | Path) -> Path | None:
     """
     found = sorted(Path(run_dir).glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
+
+
+def resolve_ckpt_path(ckpt_path: str | Path, run_dir: str | Path) -> Path:
+    """``ckpt_path`` as a file: ``last`` is the newest ``last.ckpt`` of the run (``find_last``).
+
+    Args:
+        ckpt_path: A checkpoint file, or ``last``.
+        run_dir: The run's log folder, ``<save_dir>/<run name>``, where ``last`` is looked for.
+
+    Raises:
+        LitMNISTError: ``last`` and the run has no ``last.ckpt``.
+    """
+    if str(ckpt_path) != "last":
+        return Path(ckpt_path)
+    last = find_last(run_dir)
+    if last is None:
+        raise LitMNISTError(f"--ckpt_path last: no last.ckpt under {Path(run_dir)}/version_*/checkpoints/.")
+    return last

@@ -1,54 +1,98 @@
-"""``python -m lit_mnist``: LightningCLI with this project's defaults.
+"""LightningCLI with this project's defaults: the ``fit``, ``validate``, ``test`` and ``predict`` commands.
 
-Subcommands are Lightning's ``fit``, ``validate``, ``test`` and ``predict``, and ``export``,
-``tune`` and ``serve`` (``lit_mnist/export.py``, ``tune.py``, ``serve.py``). On top of them:
-runs are logged to TensorBoard under ``lightning_logs/<run name>/version_N/`` (the run name is the
-first ``--config`` file's name, else the model class), the best (by ``val/acc``) and last
-checkpoints are kept, ``fit`` ends by testing the best checkpoint, ``--ckpt_path last`` finds the
-newest ``last.ckpt`` of the run, and problems the user can fix are reported in one sentence.
+Runs are logged to TensorBoard under ``lightning_logs/<run name>/version_N/`` (``run_name``), the
+best (by ``val/acc``) and last checkpoints are kept, ``fit`` ends by testing the best checkpoint,
+and ``--ckpt_path last`` finds the newest ``last.ckpt`` of the run. The callbacks and the
+checkpoint writer the CLI adds are Trainer defaults: ``--print_config`` shows them and a config
+can change them (``trainer.callbacks``, ``trainer.plugins``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from jsonargparse import Namespace
-from lightning.fabric.plugins.io import TorchCheckpointIO
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from jsonargparse import ArgumentParser, Namespace, auto_cli
+from lightning.fabric.plugins.environments import (
+    LSFEnvironment,
+    MPIEnvironment,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
+)
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from lit_mnist import export
-from lit_mnist.callbacks import KerasModelSummary, LineProgressBar, PredictionWriter, TensorBoardFigures
-from lit_mnist.checkpoint import AtomicCheckpointIO, check_model_class, find_last, read_checkpoint
+from lit_mnist.callbacks import TensorBoardFigures
+from lit_mnist.checkpoint import SAVE_DIR, check_model_class, find_last, read_checkpoint, run_name
 from lit_mnist.errors import LitMNISTError
 from lit_mnist.models.classifier import MNISTClassifier
 
-#: The top of ``python -m lit_mnist --help``; ``main`` runs the last three subcommands before LightningCLI.
-DESCRIPTION = (
-    "Train, test and use the lit_mnist seed models. Subcommands: fit, validate, test, predict "
-    "(Lightning's, below); export (a checkpoint to ONNX or TorchScript); tune (an Optuna "
-    "hyper-parameter search of fit runs); serve (an HTTP API and a draw-a-digit page for a "
-    "checkpoint). Each takes --help."
-)
-
 #: ``--ckpt_path`` values that name no file; Lightning resolves them itself.
 CKPT_KEYWORDS = ("best", "hpc", "registry")
+#: The top of ``python -m lit_mnist --help``.
+DESCRIPTION = (
+    "Train and use the lit_mnist models. Commands: fit, validate, test, predict (Lightning's), "
+    "export (a checkpoint to ONNX or TorchScript), tune (an Optuna search over fit runs), serve (an "
+    "HTTP API and a draw-a-digit page). Each takes --help."
+)
+#: Lightning's own subcommands, run by ``LitMNISTCLI``.
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
-class _Parser(LightningArgumentParser):
-    """jsonargparse's parser, minus the 70-line usage it prints before every error message."""
+class CommandParser(LightningArgumentParser):
+    """jsonargparse's parser for every command, minus the long usage it prints before an error.
+
+    Args:
+        commands: The project's other commands (name → one line of help), listed beside
+            Lightning's in ``--help``; their own options are in ``lit_mnist <name> --help``.
+        *args: ``LightningArgumentParser``'s.
+        **kwargs: ``LightningArgumentParser``'s.
+    """
+
+    def __init__(self, *args: Any, commands: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = dict(commands or {})
 
     def print_usage(self, file: Any = None) -> None:
         pass
+
+    def add_subcommands(self, required: bool = True, dest: str = "subcommand", **kwargs: Any) -> Any:
+        subcommands = super().add_subcommands(required=required, dest=dest, **kwargs)
+        for name, help_ in self.commands.items():
+            listed = ArgumentParser(description=f"{help_} Its options: lit_mnist {name} --help.")
+            subcommands.add_subcommand(name, listed, help=help_)
+        return subcommands
+
+
+def run_command(function: Callable[..., Any], args: Sequence[str], name: str) -> Any:
+    """Run a typed function as the command ``lit_mnist <name>``.
+
+    Its options are its parameters (types checked by jsonargparse), its ``--help`` is its
+    docstring, ``Args:`` included, and it takes ``--config`` (a YAML file of its options) and
+    ``--print_config``, like Lightning's commands.
+
+    Args:
+        function: The command, a function whose parameters all have types.
+        args: The command line after the command's name.
+        name: The command's name.
+    """
+    return auto_cli(
+        function,
+        args=list(args),
+        as_positional=False,
+        parser_class=CommandParser,
+        prog=f"lit_mnist {name}",
+        description="",  # the function's docstring
+    )
 
 
 class _SaveConfigToRunFolder(SaveConfigCallback):
@@ -63,12 +107,41 @@ class _SaveConfigToRunFolder(SaveConfigCallback):
             super().setup(trainer, pl_module, stage)
 
 
+def default_callbacks() -> list[dict[str, Any]]:
+    """The callbacks every run gets unless its config sets ``trainer.callbacks`` (``+=`` adds to them).
+
+    A progress bar (Lightning's tqdm bar on a terminal, ``LineProgressBar``'s few lines per epoch
+    in a log), the Keras-like model summary, the learning rates in TensorBoard, ``predictions.csv``
+    for ``predict``, and the check that every process of a distributed run resumed from the
+    same checkpoint.
+    """
+    progress = (
+        "lightning.pytorch.callbacks.TQDMProgressBar"
+        if sys.stdout.isatty()
+        else ("lit_mnist.callbacks.LineProgressBar")
+    )
+    names = [
+        progress,
+        "lit_mnist.callbacks.KerasModelSummary",
+        "lit_mnist.callbacks.LearningRateMonitor",
+        "lit_mnist.callbacks.PredictionWriter",
+        "lit_mnist.callbacks.SameCheckpointOnEveryRank",
+    ]
+    return [{"class_path": name} for name in names]
+
+
 class LitMNISTCLI(LightningCLI):
-    def __init__(self, args: Any = None, run: bool = True) -> None:
-        self._same_checkpoint: _SameCheckpointOnEveryRank | None = None
-        _quiet_lightning_noise()
-        callbacks = [] if sys.stdout.isatty() else [LineProgressBar()]
-        callbacks.append(KerasModelSummary())
+    """The project's LightningCLI: its models and data modules, logging, checkpoints and checks.
+
+    Args:
+        args: The command line after the program's name (``["fit", "--config", ...]``), or a
+            dict / ``Namespace`` as LightningCLI takes it; ``None`` reads ``sys.argv``.
+        run: Run the subcommand (``False``: only build the model, data module and Trainer).
+        commands: The project's other commands (name → one line of help), listed in ``--help``.
+    """
+
+    def __init__(self, args: Any = None, run: bool = True, commands: Mapping[str, str] | None = None) -> None:
+        configure_process()
         super().__init__(
             MNISTClassifier,
             L.LightningDataModule,
@@ -82,19 +155,16 @@ class LitMNISTCLI(LightningCLI):
                 "logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {
-                        "save_dir": "lightning_logs",
+                        "save_dir": SAVE_DIR,
                         "name": None,
                         "default_hp_metric": False,
                         "log_graph": True,
                     },
                 },
-                "callbacks": callbacks,
+                "plugins": [{"class_path": "lit_mnist.checkpoint.AtomicCheckpointIO"}],
             },
-            parser_kwargs={
-                "description": DESCRIPTION,
-                "prog": "lit_mnist",
-            },
-            parser_class=_Parser,
+            parser_kwargs={"prog": "lit_mnist", "description": DESCRIPTION, "commands": commands},
+            parser_class=CommandParser,
             args=args,
             run=run,
         )
@@ -104,6 +174,7 @@ class LitMNISTCLI(LightningCLI):
         parser.add_lightning_class_args(TensorBoardFigures, "figures")
         parser.set_defaults(
             {
+                "trainer.callbacks": default_callbacks(),
                 "data": {"class_path": "lit_mnist.data.MNISTDataModule"},
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
@@ -124,11 +195,15 @@ class LitMNISTCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand is None:
             return
+        if subcommand not in LIGHTNING_COMMANDS:
+            raise LitMNISTError(f"Put the command first: python -m lit_mnist {subcommand} ...")
         config = self.config[subcommand]
+        _check_launcher(config.trainer)
         logger = config.trainer.logger
         init_args = logger.get("init_args", {}) if isinstance(logger, Namespace) else {}
         if "name" in init_args and init_args.name is None:
-            init_args.name = run_name(config)
+            model = config.model.get("class_path") if isinstance(config.model, Namespace) else None
+            init_args.name = run_name(config.get("config") or [], model)
         if "save_dir" in init_args and subcommand == "fit":
             _check_writable(Path(init_args.save_dir))
         self._resolve_ckpt_path(config, logger)
@@ -137,20 +212,13 @@ class LitMNISTCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if ckpt_path is None or ckpt_path in CKPT_KEYWORDS:
             return
-        last = ckpt_path == "last"
-        if last:
+        if ckpt_path == "last":
             ckpt_path = self._find_last(config, logger)
             if ckpt_path is None:
-                self._same_checkpoint = _SameCheckpointOnEveryRank("no last.ckpt (training from scratch)")
                 return
         checkpoint = read_checkpoint(ckpt_path)
         wanted = config.model.get("class_path") if isinstance(config.model, Namespace) else None
         check_model_class(checkpoint, ckpt_path, wanted)
-        if last:
-            # The same run folder, epoch and step: the same checkpoint, on a shared disk or a copy.
-            where = Path(ckpt_path).relative_to(logger.init_args.save_dir)
-            found = f"{where} (epoch {checkpoint.get('epoch')}, step {checkpoint.get('global_step')})"
-            self._same_checkpoint = _SameCheckpointOnEveryRank(found)
 
     def _find_last(self, config: Namespace, logger: Any) -> Path | None:
         """The newest ``last.ckpt`` of this run name; under ``fit`` the run resumes in its folder."""
@@ -170,19 +238,6 @@ class LitMNISTCLI(LightningCLI):
             print(f"Resuming from {last}")
         return last
 
-    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
-        if self._same_checkpoint is not None:
-            trainer.callbacks.append(self._same_checkpoint)
-        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
-            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        if trainer.loggers:
-            trainer.callbacks.append(LearningRateMonitor())
-        return trainer
-
-    def before_predict(self) -> None:
-        self.trainer.callbacks.append(PredictionWriter())
-
     def after_fit(self) -> None:
         if not self.config.fit.test_after_fit or self.trainer.interrupted:
             return
@@ -200,34 +255,17 @@ class LitMNISTCLI(LightningCLI):
             print(f"Test accuracy {100 * metrics['test/acc']:.2f} %, loss {metrics['test/loss']:.4f}")
 
 
-class _SameCheckpointOnEveryRank(L.Callback):
-    """Stops a distributed run whose ranks resolved ``--ckpt_path last`` to different checkpoints.
-
-    Each rank resolves ``last`` on its own, before the process group exists, in its own view of the
-    log folder; a rank that found no file would train from scratch while the others resume. Once
-    the group exists (the callbacks' ``setup``, before Lightning loads the checkpoint), the ranks
-    compare their choices and all stop with one message if they differ. Every rank attaches this
-    callback (they all parse the same ``--ckpt_path last``), so the comparison never waits alone.
-
-    Args:
-        found: What this rank resolved ``last`` to: the file under the log folder, its epoch and step.
-    """
-
-    def __init__(self, found: str) -> None:
-        self.found = found
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if trainer.world_size < 2 or not torch.distributed.is_initialized():
-            return
-        choices: list[Any] = [None] * trainer.world_size
-        torch.distributed.all_gather_object(choices, self.found)
-        if len(set(choices)) > 1:
-            listed = "; ".join(f"rank {rank}: {found}" for rank, found in enumerate(choices))
-            raise LitMNISTError(
-                f"--ckpt_path last resolved to different checkpoints on different ranks ({listed}); "
-                "every machine must see the run's log folder at the same path (a shared file system, "
-                "or a copy), or pass the same --ckpt_path file to all."
-            )
+def _check_launcher(trainer: Namespace) -> None:
+    """Refuse a run over several machines that no launcher started: it would wait for the others."""
+    num_nodes = trainer.get("num_nodes") or 1
+    launchers = (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment)
+    launched = any(env.detect() for env in launchers)
+    if num_nodes > 1 and not launched and "NODE_RANK" not in os.environ:
+        raise LitMNISTError(
+            f"trainer.num_nodes is {num_nodes} but no launcher started this process: start the same command "
+            "on every machine with torchrun (python -m torch.distributed.run --nnodes ... -m lit_mnist ...) "
+            "or srun (configs/trainer/multinode.sbatch), or set --trainer.num_nodes 1."
+        )
 
 
 def _check_writable(folder: Path) -> None:
@@ -239,17 +277,16 @@ def _check_writable(folder: Path) -> None:
         raise LitMNISTError(f"Cannot write to the log folder {folder}: {err.strerror}.") from None
 
 
-def run_name(config: Namespace) -> str:
-    """The first ``--config`` file's stem, else the model class name in lower case."""
-    files = config.get("config") or []
-    if files:
-        return Path(str(files[0])).stem
-    class_path = config.model.get("class_path", "model") if isinstance(config.model, Namespace) else "model"
-    return class_path.rsplit(".", 1)[-1].lower()
+@functools.cache
+def configure_process() -> None:
+    """Once per process: hide library noise the user cannot act on, and torch's NVML check.
 
-
-def _quiet_lightning_noise() -> None:
-    """Drop Lightning's advertisement line and a deprecation warning it raises itself under torch ≥ 2.13."""
+    Drops Lightning's advertisement line and the warnings that Lightning and torch raise about
+    their own code. Importing Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` (so that looking
+    for a GPU does not initialise CUDA, which would poison ``fork``); on a machine without a CUDA
+    device torch then loads NVML afresh at every look, which ``Optimizer.step`` does at every
+    step, so it is set back to 0 there.
+    """
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: "litlogger" not in record.getMessage()
     )
@@ -259,81 +296,5 @@ def _quiet_lightning_noise() -> None:
     warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices")
     # tune runs each trial's LitMNISTCLI in-process with args while sys.argv holds tune's own.
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
-
-
-def _user_error_in(err: BaseException | None) -> LitMNISTError | None:
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, LitMNISTError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
-
-
-#: Words in the errors that gloo and NCCL raise when another process of the run died or stopped answering.
-_PEER_FAILURE_MARKERS = ("closed by peer", "reset by peer", "timed out", "timeout", "nccl", "gloo")
-
-
-def _peer_failure(err: BaseException) -> str | None:
-    """One sentence for an error raised because another process of a distributed run failed, else ``None``."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size < 2 or not isinstance(err, RuntimeError):
-        return None
-    text = str(err)
-    distributed_error = getattr(torch.distributed, "DistError", ())
-    if not (isinstance(err, distributed_error) or any(m in text.lower() for m in _PEER_FAILURE_MARKERS)):
-        return None
-    detail = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    detail = detail.split("] ", 1)[-1] if detail.startswith("[") else detail  # drop gloo's source location
-    detail = detail.split(". ", 1)[0]  # gloo goes on with advice that is no longer true here
-    rank = os.environ.get("RANK", "?")
-    return (
-        f"rank {rank} of {world_size} stopped: another process of the distributed run died or stopped "
-        f"answering ({detail.rstrip('.')}); look in the other machines' logs for the cause."
-    )
-
-
-def main(args: Any = None) -> None:
-    """Entry point of ``python -m lit_mnist`` and the ``lit-mnist`` script."""
-    argv = sys.argv[1:] if args is None else args
-    try:
-        if isinstance(argv, list) and argv[:1] == ["export"]:
-            return export.main(argv[1:])
-        if isinstance(argv, list) and argv[:1] == ["tune"]:
-            from lit_mnist import tune  # Optuna is imported only by the command that uses it
-
-            return tune.main(argv[1:])
-        if isinstance(argv, list) and argv[:1] == ["serve"]:
-            from lit_mnist import serve  # LitServe is imported only by the command that uses it
-
-            return serve.main(argv[1:])
-        LitMNISTCLI(args=args)
-    except Exception as err:
-        message = user_message(err)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(1) from None
-
-
-def user_message(err: BaseException) -> str | None:
-    """The one sentence to print for an error the user can fix, or ``None`` to show the traceback.
-
-    ``LitMNISTError`` (also wrapped in jsonargparse's ``ValueError``), Lightning's
-    ``MisconfigurationException`` (settings that do not go together; its messages say which), a
-    distributed peer's failure, and a file that cannot be read or written. ``LIT_MNIST_DEBUG=1``
-    keeps the traceback of the last two.
-    """
-    if isinstance(err, MisconfigurationException):
-        return str(err)
-    cause = _user_error_in(err)
-    if cause is not None:
-        return str(cause)
-    if os.environ.get("LIT_MNIST_DEBUG"):
-        return None
-    if isinstance(err, RuntimeError):
-        return _peer_failure(err)
-    if isinstance(err, OSError) and err.filename is not None:
-        return f"cannot use {err.filename}: {err.strerror}."
-    return None
+    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and not torch.cuda.is_available():
+        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"

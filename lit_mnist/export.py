@@ -1,10 +1,10 @@
 """``python -m lit_mnist export``: a checkpoint to ONNX or TorchScript, checked against PyTorch.
 
-The checkpoint alone is enough: LightningCLI saves the model's class path (``_class_path``) and
-its init arguments in ``hyper_parameters``, so the model is rebuilt without its config. The
-exported model takes what the PyTorch model's ``forward`` takes (float ``[N, 1, 28, 28]``
-images in [0, 1], standardized if the run used ``data.standardize``) and returns its outputs
-(logits for most models), with a variable batch size.
+The checkpoint alone is enough: it holds the model's class and init arguments, so the model is
+rebuilt without its config. The exported model is the model's ``forward``, input transform
+included: it takes float images ``[N, 1, 28, 28]`` in [0, 1] (standardized inside when the model
+was trained with ``standardize``) and returns the network's outputs (logits for most models),
+with a variable batch size.
 """
 
 from __future__ import annotations
@@ -13,17 +13,18 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from jsonargparse.typing import PositiveInt
 
-from lit_mnist.checkpoint import load_model, read_checkpoint
-from lit_mnist.data.mnist import MNISTDataModule, load_mnist
-from lit_mnist.errors import ArgumentParser, LitMNISTError
+from lit_mnist.checkpoint import SAVE_DIR, load_model, read_checkpoint, resolve_ckpt_path
+from lit_mnist.cli import run_command
+from lit_mnist.data.mnist import load_mnist
+from lit_mnist.errors import LitMNISTError
 from lit_mnist.models.classifier import MNISTClassifier
 
-FORMATS = ("onnx", "torchscript")
 #: The exported model must match PyTorch's outputs to this absolute difference.
 TOLERANCE = 1e-5
 
@@ -33,10 +34,9 @@ def check_inputs(
 ) -> tuple[torch.Tensor, str]:
     """Inputs to compare the exported model on, and what they are.
 
-    For image models: the first ``count`` MNIST test images, prepared by ``MNISTDataModule`` as
-    in the run (its ``data_dir`` and ``standardize`` from the checkpoint; ``data_dir`` overrides
-    the folder). For other models: ``count`` standard-normal inputs shaped like
-    ``example_input_array``.
+    For image models: the first ``count`` MNIST test images as float ``[N, 1, 28, 28]`` in
+    [0, 1], from the run's ``data_dir`` (saved in the checkpoint; ``data_dir`` overrides it).
+    For other models: ``count`` standard-normal inputs shaped like ``example_input_array``.
     """
     example = model.example_input_array
     if tuple(example.shape[1:]) != (1, 28, 28):
@@ -44,11 +44,8 @@ def check_inputs(
             f"{count} random inputs"
         )
     saved = checkpoint.get("datamodule_hyper_parameters", {})
-    data = MNISTDataModule(
-        data_dir=data_dir or saved.get("data_dir", "data"), standardize=saved.get("standardize", False)
-    )
-    images, labels = load_mnist(data.data_dir, train=False)
-    return data.on_after_batch_transfer((images[:count], labels[:count]), 0)[0], f"{count} test images"
+    images, _ = load_mnist(data_dir or saved.get("data_dir", "data"), train=False)
+    return images[:count].unsqueeze(1).float() / 255, f"{count} test images"
 
 
 @contextmanager
@@ -92,45 +89,53 @@ def run_exported(fmt: str, output: Path, x: torch.Tensor) -> np.ndarray:
         return torch.jit.load(str(output), map_location="cpu")(x).numpy()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``export --ckpt_path CKPT --format onnx|torchscript --output FILE [--overwrite]``.
+def export(
+    ckpt_path: str,
+    format: Literal["onnx", "torchscript"],
+    output: Path,
+    overwrite: bool = False,
+    run: str | None = None,
+    save_dir: str = SAVE_DIR,
+    data_dir: str | None = None,
+    check_count: PositiveInt = 100,
+) -> None:
+    """Export a checkpoint to ONNX or TorchScript, and check the file against PyTorch.
 
-    Exports, then runs the exported file on test inputs and compares its outputs with the
-    PyTorch model's: the largest absolute difference must be at most ``TOLERANCE`` and every
-    argmax the same. Problems are raised as ``LitMNISTError`` (the CLI prints them in one line).
+    The exported file takes float images [N, 1, 28, 28] in [0, 1] and returns the model's outputs
+    (logits for most models). It is run on test images (onnxruntime for ONNX) and must match the
+    PyTorch model within 1e-5 with the same predicted class for every input, or the command fails
+    (and keeps the file, for a look).
+
+    Args:
+        ckpt_path: A checkpoint written by ``python -m lit_mnist fit``, or ``last`` for the newest
+            ``last.ckpt`` of ``--run``.
+        format: ``onnx`` (PyTorch's torch.export-based exporter) or ``torchscript`` (traced).
+        output: The file to write; its folder must exist.
+        overwrite: Replace ``output`` if it exists (otherwise an existing file is an error).
+        run: The run whose ``last.ckpt`` ``--ckpt_path last`` takes: its name under ``--save_dir``
+            (``fit`` names a run after its first config file, e.g. ``mlp``).
+        save_dir: The folder runs are logged under.
+        data_dir: The folder holding ``MNIST/raw/`` for the check (default: the run's).
+        check_count: How many test images to check the exported file on.
     """
-    parser = ArgumentParser(
-        prog="lit_mnist export",
-        description="Export a checkpoint to ONNX or TorchScript and check it against PyTorch.",
-    )
-    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by python -m lit_mnist fit")
-    parser.add_argument("--format", required=True, choices=FORMATS, help="onnx or torchscript")
-    parser.add_argument("--output", required=True, type=Path, help="file to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    parser.add_argument(
-        "--data_dir", default=None, help="folder with MNIST/raw/ for the check (default: the run's)"
-    )
-    parser.add_argument("--check_count", type=int, default=100, help="inputs to check on (default 100)")
-    args = parser.parse_args(argv)
-    output: Path = args.output
-    if output.exists() and not args.overwrite:
-        raise LitMNISTError(f"{output} already exists: pass --overwrite to replace it.")
+    if output.exists() and not overwrite:
+        raise LitMNISTError(f"{output} already exists: pass --overwrite true to replace it.")
     if not output.parent.is_dir():
         raise LitMNISTError(f"Cannot write {output}: the folder {output.parent} does not exist.")
-    if args.check_count < 1:
-        raise LitMNISTError(f"export: --check_count must be positive, got {args.check_count}.")
-
-    checkpoint = read_checkpoint(args.ckpt_path)
-    model = load_model(args.ckpt_path, checkpoint)
-    x, what = check_inputs(model, checkpoint, args.data_dir, args.check_count)
+    if ckpt_path == "last" and run is None:
+        raise LitMNISTError("export: --ckpt_path last needs --run, the run's name (e.g. mlp).")
+    path = resolve_ckpt_path(ckpt_path, Path(save_dir) / (run or ""))
+    checkpoint = read_checkpoint(path)
+    model = load_model(path, checkpoint)
+    x, what = check_inputs(model, checkpoint, data_dir, check_count)
     try:
-        export_model(model, args.format, output)
+        export_model(model, format, output)
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LitMNISTError(f"Exporting {type(model).__name__} to {args.format} failed: {reason}") from None
+        raise LitMNISTError(f"Exporting {type(model).__name__} to {format} failed: {reason}") from None
     with torch.no_grad():
         expected = model(x).numpy()
-    got = run_exported(args.format, output, x)
+    got = run_exported(format, output, x)
     diff = float(np.abs(got - expected).max())
     same = int((got.argmax(-1) == expected.argmax(-1)).sum())
     if diff > TOLERANCE or same != len(x):
@@ -139,6 +144,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"(allowed {TOLERANCE:.0e}), same prediction for {same} of {len(x)}; the file is kept."
         )
     print(
-        f"Exported {type(model).__name__} to {output} ({args.format}); on {what} it matches PyTorch: "
+        f"Exported {type(model).__name__} to {output} ({format}); on {what} it matches PyTorch: "
         f"largest difference {diff:.2e}, same prediction for all {len(x)}."
     )
+
+
+def main(args: Sequence[str]) -> None:
+    """``python -m lit_mnist export ARGS`` (``export``'s options)."""
+    run_command(export, args, "export")

@@ -42,7 +42,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lit_mnist.checkpoint import check_model_class, find_last, load_model, read_checkpoint
 from lit_mnist.data.images import MAX_BYTES, SIZE, ImageError, read_digit
-from lit_mnist.data.mnist import MNISTDataModule
 from lit_mnist.errors import ArgumentParser, LitMNISTError
 
 #: The largest request body: an image of ``MAX_BYTES`` plus room for a multipart form's headers.
@@ -214,7 +213,6 @@ class DigitAPI(ls.LitAPI):
             torch.set_num_threads(1)
         checkpoint = read_checkpoint(self.ckpt_path)
         self.model = load_model(self.ckpt_path, checkpoint).to(device)
-        self.scaler = _scaler(checkpoint)
         self.device = device
 
     def decode_request(self, request):  # unannotated: an annotation makes FastAPI validate it
@@ -226,10 +224,9 @@ class DigitAPI(ls.LitAPI):
     def predict(self, x: torch.Tensor) -> Any:
         single = x.ndim == 2
         images = x.unsqueeze(0) if single else x
-        received = images.round().to(torch.uint8)  # before scaling: the data module scales in place
-        scaled = self.scaler.on_after_batch_transfer((images.to(self.device),), 0)[0]
+        received = images.round().to(torch.uint8)
         with torch.inference_mode():
-            probs = self.model.probabilities(self.model(scaled)).float().cpu()
+            probs = self.model.probabilities(self.model(received.unsqueeze(1).to(self.device))).float().cpu()
         pairs = list(zip(probs, received, strict=True))
         return pairs[0] if single else pairs
 
@@ -239,12 +236,6 @@ class DigitAPI(ls.LitAPI):
     def encode_response(self, output: Any) -> dict[str, Any]:
         probs, image = output
         return {"label": int(probs.argmax()), "probs": probs.tolist(), "input": image.tolist()}
-
-
-def _scaler(checkpoint: dict[str, Any]) -> MNISTDataModule:
-    """The run's data module, for its ``on_after_batch_transfer`` (÷ 255; standardizing if the run did)."""
-    saved = checkpoint.get("datamodule_hyper_parameters", {})
-    return MNISTDataModule(standardize=bool(saved.get("standardize", False)))
 
 
 async def _page(request: Request) -> HTMLResponse:

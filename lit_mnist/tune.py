@@ -39,8 +39,8 @@ import yaml
 from jsonargparse import Namespace
 from optuna.trial import TrialState
 
-from lit_mnist.cli import LitMNISTCLI, user_message
-from lit_mnist.errors import ArgumentParser, LitMNISTError
+from lit_mnist.cli import LitMNISTCLI
+from lit_mnist.errors import ArgumentParser, LitMNISTError, user_message
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "none")

@@ -10,7 +10,7 @@ import torch
 from helpers import run_cli, write_mnist
 from torch import nn
 
-from lit_mnist.cli import main as cli_main
+from lit_mnist.__main__ import main as cli_main
 from lit_mnist.models.cnn import cnn_network
 from lit_mnist.models.mlp import MaskDropout
 

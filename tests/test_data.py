@@ -15,7 +15,7 @@ from helpers import write_idx, write_mnist
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torchvision.datasets import MNIST
 
-from lit_mnist import MNISTDataModule
+from lit_mnist import MLP, MNISTDataModule
 from lit_mnist.data import BatchIndexSampler, MNISTDataError, batch_loader, load_mnist
 from lit_mnist.errors import LitMNISTError
 
@@ -32,22 +32,22 @@ def test_split_sizes_dtype_and_range(tiny_mnist):
     dm.setup("test")
     assert [len(dm.splits[s][0]) for s in ("train", "val", "test")] == [100, 20, 40]
     images, labels = next(iter(dm.train_dataloader()))
-    assert images.dtype == torch.uint8 and images.shape == (16, 28, 28)
+    assert images.dtype == torch.uint8 and images.shape == (16, 1, 28, 28)
     assert labels.dtype == torch.int64
-    scaled, _ = dm.on_after_batch_transfer((images, labels), 0)
+    scaled = MLP().prepare_input(images)  # the model owns its input transform
     assert scaled.dtype == torch.float32 and scaled.shape == (16, 1, 28, 28)
     assert scaled.min() >= 0.0 and scaled.max() <= 1.0
-    torch.testing.assert_close(scaled[:, 0], images.float() / 255)
+    torch.testing.assert_close(scaled, images.float() / 255)
     assert sum(len(b[0]) for b in dm.val_dataloader()) == 20
     assert sum(len(b[0]) for b in dm.test_dataloader()) == 40
     assert sum(len(b[0]) for b in dm.predict_dataloader()) == 40
 
 
 def test_standardize(tiny_mnist):
-    dm = _setup(tiny_mnist, val_size=0, standardize=True)
-    images, labels = next(iter(dm.train_dataloader()))
-    scaled, _ = dm.on_after_batch_transfer((images, labels), 0)
-    torch.testing.assert_close(scaled[:, 0], (images.float() / 255 - 0.1307) / 0.3081)
+    dm = _setup(tiny_mnist, val_size=0)
+    images, _ = next(iter(dm.train_dataloader()))
+    scaled = MLP(standardize=True).prepare_input(images)
+    torch.testing.assert_close(scaled, (images.float() / 255 - 0.1307) / 0.3081)
 
 
 def test_val_size_zero_trains_on_everything(tiny_mnist):

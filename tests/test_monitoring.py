@@ -26,8 +26,8 @@ from PIL import Image, ImageDraw
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_mnist import MLP, DropoutMLP, MNISTDataModule
+from lit_mnist.__main__ import main as cli_main
 from lit_mnist.callbacks import TensorBoardFigures, keras_summary
-from lit_mnist.cli import main as cli_main
 from lit_mnist.data import load_mnist
 from lit_mnist.data.images import load_image_folder, mnist_digit
 from lit_mnist.errors import LitMNISTError
@@ -261,7 +261,9 @@ def test_predict_proba_and_predict_take_numpy_and_tensors() -> None:
     assert probs.shape == (8, 10) and model.training
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(8))
     torch.testing.assert_close(model.predict_proba(torch.from_numpy(batch).float()[:, None] / 255), probs)
-    torch.testing.assert_close(model.predict_proba(batch.astype(np.float64)), probs)
+    torch.testing.assert_close(model.predict_proba(batch.astype(np.float64) / 255), probs)
+    with pytest.raises(ValueError, match=r"uint8 pixels \(0…255\) or floating-point pixels in \[0, 1\]"):
+        model.predict_proba(batch.astype(np.float64))  # 0…255 as floats: said, not guessed
     torch.testing.assert_close(model.predict_proba(batch[0]), probs[:1])
     assert torch.equal(model.predict(batch), probs.argmax(dim=1))
     model.eval()
@@ -299,7 +301,6 @@ def test_export_refuses_bad_input(run: Run, tmp_path: Path, capsys: pytest.Captu
     cases = {
         "does not exist": ["--ckpt_path", str(tmp_path / "none.ckpt"), "--format", "onnx",
                            "--output", str(tmp_path / "a.onnx")],
-        "invalid choice": ["--ckpt_path", str(run.ckpt), "--format", "tflite", "--output", str(tmp_path / "a")],
         "--overwrite": ["--ckpt_path", str(run.ckpt), "--format", "onnx", "--output", str(existing)],
     }  # fmt: skip
     for expected, args in cases.items():
@@ -309,6 +310,13 @@ def test_export_refuses_bad_input(run: Run, tmp_path: Path, capsys: pytest.Captu
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and expected in err
     assert existing.read_text() == "keep me"
+    # An option's value of the wrong kind is jsonargparse's error and exit 2, as for every command.
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(
+            ["export", "--ckpt_path", str(run.ckpt), "--format", "tflite", "--output", str(tmp_path / "a")]
+        )
+    assert exit_info.value.code == 2
+    assert "tflite" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("logger", ["csv", "none"])

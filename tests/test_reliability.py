@@ -20,7 +20,7 @@ import torch
 from helpers import REPO, SHORT_FIT, quiet_trainer, run_cli, write_idx, write_mnist
 
 from lit_mnist import MLP, MNISTClassifier, MNISTDataModule
-from lit_mnist.cli import main
+from lit_mnist.__main__ import main
 
 
 class Payload:

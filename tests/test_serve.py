@@ -19,7 +19,7 @@ from helpers import REPO, run_cli
 from PIL import Image
 
 from lit_mnist import MLP
-from lit_mnist.cli import main
+from lit_mnist.__main__ import main
 from lit_mnist.data.images import mnist_digit
 from lit_mnist.data.mnist import load_mnist
 from lit_mnist.serve import running

@@ -18,7 +18,7 @@ import pytest
 from helpers import REPO, free_port, run_cli, write_idx, write_mnist
 
 from lit_mnist import tune
-from lit_mnist.cli import main
+from lit_mnist.__main__ import main
 from lit_mnist.data.mnist import ensure_mnist_files, load_mnist
 
 #: Every trial: the seed-000 MLP on 80 tiny training images, 1 epoch, 2 batches.

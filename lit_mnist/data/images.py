@@ -24,6 +24,8 @@ class ImageError(LitMNISTError):
 IMAGE_FORMATS = ("PNG", "JPEG")
 #: MNIST digits are scaled to fit a 20×20 box and centred by mass in the 28×28 image.
 SIZE, BOX = 28, 20
+#: The row and column (pixel index) of MNIST digits' centre of mass: the middle of the image, 14.
+CENTRE = SIZE / 2
 #: The largest image read: bytes of the file, and width × height pixels (checked before decoding).
 MAX_BYTES, MAX_PIXELS = 5_000_000, 4000 * 4000
 #: Pixels of at least this fraction of the darkest ink count towards the digit's bounding box.
@@ -38,7 +40,7 @@ def mnist_digit(image: Image.Image) -> np.ndarray:
     inverted, so the digit is light on dark as in MNIST. The border's median grey is taken as
     the background and subtracted, the ink is stretched to 0…255, and the digit's bounding box
     is scaled to fit 20×20 (keeping its aspect ratio) and placed so that its centre of mass is
-    the centre of the 28×28 image, as MNIST was made. A blank image gives all zeros.
+    where MNIST's digits have theirs (``CENTRE``), as MNIST was made. A blank image gives all zeros.
     """
     image = ImageOps.exif_transpose(image)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
@@ -62,8 +64,8 @@ def mnist_digit(image: Image.Image) -> np.ndarray:
     total = pixels.sum() or 1.0
     centre_row = (pixels.sum(axis=1) * np.arange(height)).sum() / total
     centre_col = (pixels.sum(axis=0) * np.arange(width)).sum() / total
-    top = min(max(round((SIZE - 1) / 2 - centre_row), 0), SIZE - height)
-    left = min(max(round((SIZE - 1) / 2 - centre_col), 0), SIZE - width)
+    top = min(max(round(CENTRE - centre_row), 0), SIZE - height)
+    left = min(max(round(CENTRE - centre_col), 0), SIZE - width)
     out[top : top + height, left : left + width] = pixels.astype(np.uint8)
     return out
 

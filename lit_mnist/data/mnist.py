@@ -27,8 +27,6 @@ IDX_FILES = {
     "t10k-images-idx3-ubyte": (2051, (28, 28)),
     "t10k-labels-idx1-ubyte": (2049, ()),
 }
-#: Mean and standard deviation of the 60,000 training pixels scaled to [0, 1].
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 DOWNLOAD_TIMEOUT_S = 10
 
 
@@ -160,10 +158,10 @@ def load_mnist(data_dir: str | Path, train: bool) -> tuple[torch.Tensor, torch.T
 class MNISTDataModule(L.LightningDataModule):
     """The MNIST digits for training, validation, test and prediction.
 
-    Images stay in memory as uint8 ``[N, 28, 28]`` tensors and every batch is cut from them with a
-    single index operation; scaling to [0, 1] (``x / 255``, as the seeds do) and the optional
-    standardization happen on the whole batch once it is on the model's device, so batches
-    reach the network as float ``[B, 1, 28, 28]``.
+    Images stay in memory as uint8 ``[N, 1, 28, 28]`` tensors and every batch is cut from them
+    with a single index operation; batches are ``(images, labels)``, uint8 ``[B, 1, 28, 28]`` and
+    int64 ``[B]``, as stored: the model turns pixels into its input
+    (``MNISTClassifier.prepare_input``), so this module knows nothing about models.
 
     Args:
         data_dir: Folder holding ``MNIST/raw/`` (the repository's ``data`` has the vendored files).
@@ -175,8 +173,6 @@ class MNISTDataModule(L.LightningDataModule):
             runs with different seeds are validated on the same images.
         shuffle_seed: Seed of the per-epoch shuffling; the order of epoch ``e`` is fixed by
             ``(shuffle_seed, e)``. ``None`` takes the seed given to ``seed_everything``.
-        standardize: Subtract the training-set mean and divide by its standard deviation after
-            scaling to [0, 1].
         predict_dir: A folder of the user's own PNG/JPEG digits to predict instead of the test
             set (see ``lit_mnist.data.images``); their file names are in ``predict_names``.
         on_device: Keep the images (47 MB as uint8) and labels on the trainer's device and cut
@@ -192,7 +188,6 @@ class MNISTDataModule(L.LightningDataModule):
         val_size: int = 5000,
         split_seed: int = 42,
         shuffle_seed: int | None = None,
-        standardize: bool = False,
         predict_dir: str | None = None,
         on_device: bool = False,
     ) -> None:
@@ -209,7 +204,6 @@ class MNISTDataModule(L.LightningDataModule):
         self.val_size = val_size
         self.split_seed = split_seed
         self.shuffle_seed = shuffle_seed
-        self.standardize = standardize
         self.predict_dir = predict_dir
         self.on_device = on_device
         self.predict_names: list[str] | None = None
@@ -228,14 +222,16 @@ class MNISTDataModule(L.LightningDataModule):
                     f"{len(images)} images: use a smaller val_size (0 trains on all of them)."
                 )
             order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed))
+            images = images.unsqueeze(1)  # [N, 1, 28, 28]: one channel, as the models take images
             val, train = order[: self.val_size], order[self.val_size :]
             self.splits["train"] = images[train], labels[train]
             self.splits["val"] = images[val], labels[val]
         if stage == "predict" and self.predict_dir is not None:
             images, self.predict_names = load_image_folder(self.predict_dir)
-            self.splits["predict"] = (images,)
+            self.splits["predict"] = (images.unsqueeze(1),)
         elif stage in ("test", "predict", None) and "test" not in self.splits:
-            self.splits["test"] = load_mnist(self.data_dir, train=False)
+            images, labels = load_mnist(self.data_dir, train=False)
+            self.splits["test"] = images.unsqueeze(1), labels
         if self.on_device and self.trainer is not None:
             device = self.trainer.strategy.root_device
             self.splits = {name: tuple(t.to(device) for t in split) for name, split in self.splits.items()}
@@ -265,11 +261,6 @@ class MNISTDataModule(L.LightningDataModule):
         return self._loader("predict" if "predict" in self.splits else "test", self.eval_batch_size)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, torch.Tensor):  # a model's example input, when Lightning summarizes it
+            return batch.to(device, non_blocking=True)
         return tuple(t.to(device, non_blocking=True) for t in batch)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        images, *rest = batch
-        images = images.unsqueeze(1).float().div_(255)
-        if self.standardize:
-            images = images.sub_(MNIST_MEAN).div_(MNIST_STD)
-        return (images, *rest)

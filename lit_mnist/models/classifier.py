@@ -15,6 +15,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lit_mnist.errors import LitMNISTError
 
+#: Mean and standard deviation of the 60,000 MNIST training pixels scaled to [0, 1].
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
 
 def _describe(value: Any) -> Any:
     """A callable hyperparameter as plain text, so checkpoints hold only plain data."""
@@ -33,9 +36,11 @@ class MNISTClassifier(L.LightningModule):
     torchmetrics accuracy, the ``train/``, ``val/`` and ``test/`` logging and the optimizer. It runs
     Lightning's ordinary loop: one ``training_step`` per batch, automatic optimization, so every
     callback hook, ``gradient_clip_val``, ``accumulate_grad_batches`` and the schedulers work as
-    Lightning documents them. Inputs are float images ``[B, 1, 28, 28]`` in [0, 1] (the data module
-    scales them). Networks whose outputs are not logits override ``compute_loss`` and
-    ``probabilities``.
+    Lightning documents them. The model owns its input: ``forward`` takes stored pixels and turns
+    them into the network's input with ``prepare_input`` (the one place that does, used by
+    training, ``predict``, ``predict_proba``, export and ``serve`` alike), so a checkpoint carries
+    everything needed to feed its model. Networks whose outputs are not logits override
+    ``compute_loss`` and ``probabilities``.
 
     Args:
         net: The network, a plain ``nn.Module`` from images to logits (the subclasses build it).
@@ -51,6 +56,8 @@ class MNISTClassifier(L.LightningModule):
             (``torch.compiler.list_backends()``; they trace the same graphs and skip code
             generation, for quick checks). Off by default: the first steps pay for compilation,
             and on small CPU models it rarely pays back.
+        standardize: Subtract the MNIST training set's mean pixel and divide by its standard
+            deviation after scaling pixels to [0, 1] (``prepare_input``).
     """
 
     def __init__(
@@ -60,6 +67,7 @@ class MNISTClassifier(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         num_classes: int = 10,
         compile: bool | str = False,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(compile, str) and compile not in torch.compiler.list_backends(exclude_tags=()):
@@ -76,6 +84,7 @@ class MNISTClassifier(L.LightningModule):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.compile_net = compile
+        self.standardize = standardize
         self.example_input_array = torch.zeros(1, 1, 28, 28)
         self.metrics = nn.ModuleDict()
         for split in ("train", "val", "test"):
@@ -92,7 +101,22 @@ class MNISTClassifier(L.LightningModule):
             self.net.compile(backend=self.compile_net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        """The network's outputs for stored pixels ``x`` (see ``prepare_input``)."""
+        return self.net(self.prepare_input(x))
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's input from stored pixels: the one input transform of this model.
+
+        uint8 pixels (0…255, as MNIST stores them) become float32 in [0, 1]; floating-point
+        inputs are taken as already in [0, 1] (or, for models of other inputs, as features) and
+        kept. With ``standardize`` they are then standardized with the MNIST training set's mean
+        and standard deviation. The shape is left as it is: ``[B, 1, 28, 28]`` for MNIST.
+        """
+        if x.dtype == torch.uint8:
+            x = x.to(torch.float32).div_(255)
+        if self.standardize:
+            x = (x - MNIST_MEAN) / MNIST_STD
+        return x
 
     def compute_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the logits ``outputs`` against the class labels ``targets``."""
@@ -189,16 +213,15 @@ class MNISTClassifier(L.LightningModule):
         """Class probabilities ``[N, num_classes]`` for a batch of inputs, on the model's device.
 
         For image models (``example_input_array`` of shape ``[1, 1, H, W]``, 28×28 for MNIST),
-        ``x`` is a tensor or numpy array ``[N, H, W]``, ``[N, 1, H, W]`` or one image ``[H, W]``.
-        Pixels are read as [0, 255] when ``x`` is uint8 or any value is above 1, else as
-        [0, 1], and scaled to [0, 1] as ``MNISTDataModule`` does. They are not standardized:
-        for a model trained with ``standardize=True``, standardize the [0, 1] images yourself
-        and call the model itself. Other models take ``[N, *example_input_array.shape[1:]]``
-        as it is. Runs in evaluation mode without gradients and leaves the model in the mode
-        it was in.
+        ``x`` is a tensor or numpy array ``[N, H, W]``, ``[N, 1, H, W]`` or one image ``[H, W]``
+        of uint8 pixels (0…255) or floats in [0, 1]; ``prepare_input`` turns them into the
+        network's input exactly as in training. Other models take
+        ``[N, *example_input_array.shape[1:]]`` as it is. Runs in evaluation mode without
+        gradients and leaves the model in the mode it was in.
 
         Raises:
-            ValueError: ``x`` has another shape; the message names the expected one.
+            ValueError: ``x`` has another shape, or floating-point pixels outside [0, 1]; the
+                message says what is expected.
         """
         x = self._model_input(x)
         was_training = self.training
@@ -227,9 +250,14 @@ class MNISTClassifier(L.LightningModule):
                     f"expected images of shape [N, {h}, {w}], [N, 1, {h}, {w}] or [{h}, {w}], "
                     f"got {list(x.shape)}"
                 )
-            scale = x.dtype == torch.uint8 or bool(x.numel() and x.max() > 1)
-            x = x.to(self.device, torch.float32)
-            return x / 255 if scale else x
+            if x.dtype != torch.uint8:
+                x = x.to(torch.float32)
+                if x.numel() and not (float(x.min()) >= 0 and float(x.max()) <= 1):
+                    raise ValueError(
+                        "expected uint8 pixels (0…255) or floating-point pixels in [0, 1], got floats "
+                        f"from {float(x.min()):g} to {float(x.max()):g}"
+                    )
+            return x.to(self.device)
         if x.ndim != len(item) + 1 or tuple(x.shape[1:]) != item:
             expected = ", ".join(map(str, item))
             raise ValueError(f"expected inputs of shape [N, {expected}], got {list(x.shape)}")

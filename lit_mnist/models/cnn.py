@@ -19,7 +19,6 @@ def cnn_network(
     hidden_dropout: float = 0.5,
     image_size: int = 28,
     num_classes: int = 10,
-    fast: bool = True,
 ) -> nn.Sequential:
     """Conv blocks, then a dense hidden layer, as seed 002's code runs them::
 
@@ -31,11 +30,11 @@ def cnn_network(
     (28 → 14 → 7 → 4), which is ``MaxPool2d(2, ceil_mode=True)``; with the defaults the dense
     layer sees 128 × 4 × 4 = 2,048 features.
 
-    With ``fast`` (the default) the convolution weights are channels-last, so that every
-    convolution, ReLU and pooling runs channels-last (oneDNN's faster layout on the CPU), and the
-    dropouts are ``MaskDropout``: the same layers, parameters and ``state_dict`` keys, computing
-    the same function (only the dropout masks come from a different random stream); the README's
-    Performance section has the measured gain (``benchmarks/cnn_cpu.py``).
+    The convolution weights are channels-last, so that every convolution, ReLU and pooling runs
+    channels-last (oneDNN's faster layout on the CPU), and the dropouts are ``MaskDropout``: the
+    same layers, parameters and ``state_dict`` keys as plain ``nn.Conv2d`` / ``nn.Dropout``,
+    computing the same function (only the dropout masks come from a different random stream);
+    ``benchmarks/cnn_cpu.py`` measures the difference.
 
     Args:
         channels: Filters of each 3×3 convolution block, in order.
@@ -44,10 +43,7 @@ def cnn_network(
         hidden_dropout: Drop probability after the dense hidden layer.
         image_size: Side of the square input images.
         num_classes: Number of logits.
-        fast: Channels-last convolution weights and ``MaskDropout``; ``False`` builds plain
-            NCHW ``nn.Conv2d`` and ``nn.Dropout`` layers.
     """
-    dropout_class = MaskDropout if fast else nn.Dropout
     layers: list[nn.Module] = []
     in_channels, size = 1, image_size
     for i, out_channels in enumerate(channels):
@@ -57,17 +53,16 @@ def cnn_network(
             nn.MaxPool2d(2, ceil_mode=True),
         ]
         if i < len(channels) - 1:
-            layers.append(dropout_class(conv_dropout))
+            layers.append(MaskDropout(conv_dropout))
         in_channels, size = out_channels, -(-size // 2)
     layers += [
         nn.Flatten(),
         nn.Linear(in_channels * size * size, hidden_size),
         nn.ReLU(),
-        dropout_class(hidden_dropout),
+        MaskDropout(hidden_dropout),
         nn.Linear(hidden_size, num_classes),
     ]
-    net = nn.Sequential(*layers)
-    return net.to(memory_format=torch.channels_last) if fast else net
+    return nn.Sequential(*layers).to(memory_format=torch.channels_last)
 
 
 class CNN(MNISTClassifier):
