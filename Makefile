@@ -1,4 +1,4 @@
-# Quick start: `make train` trains the seed-000 MLP, `make test` runs the test suite.
+# Quick start: `make train` trains the MLP of the "Practical 5" tutorial, `make test` runs the test suite.
 # Both create .venv and install the project into it on first use (no network needed for MNIST).
 PYTHON ?= python3
 VENV := .venv

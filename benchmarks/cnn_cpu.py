@@ -1,4 +1,4 @@
-"""Time one training step of seed 002's CNN on the CPU, variant by variant, in a plain PyTorch loop.
+"""Time one step of the "What is TensorFlow?" CNN on the CPU, variant by variant, in a plain PyTorch loop.
 
 Every variant is the same network (``cnn_network``'s layers and the same initial weights),
 trained with the shipped config's RMSprop on the same real MNIST batches of 50; only how the

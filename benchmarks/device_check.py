@@ -1,4 +1,4 @@
-"""Every GPU figure of the README in one command, for a machine with one NVIDIA GPU (at most 8 minutes).
+"""Every GPU figure of docs/benchmarks.md in one command, on a machine with one NVIDIA GPU (at most 8 min).
 
     PYTHONPATH=$PWD python3 benchmarks/device_check.py --out DIR          # on the GPU machine
     PYTHONPATH=$PWD python benchmarks/device_check.py --out DIR --smoke   # the same steps on CPU, tiny
@@ -16,7 +16,7 @@ and cuDNN versions, the GPU's name and the date, into ``DIR/device_check.json`` 
 ``DIR/device_check.md``, and every step's output into ``DIR/device_check.log``. It writes nothing
 else outside ``/tmp``: MNIST is copied to ``/tmp/lit_mnist_check/data``, logs, caches (Matplotlib,
 Triton, inductor), pytest's folders and temporary files go under ``/tmp/lit_mnist_check``, and no
-bytecode is written. Where ``jsonargparse`` is missing (the H200 machine), it installs the wheels of
+bytecode is written. Where ``jsonargparse`` is missing, it installs the wheels of
 ``.device-wheels/`` (``make device-wheels``) into ``/tmp/lit_mnist_check/site`` and runs again with
 them on ``PYTHONPATH``. ``--smoke`` runs the same steps on the CPU on 300 training and 200 test
 images, one epoch, 2 seeds and the ``eager`` compile backend (``tests/test_benchmarks.py`` runs it);

@@ -1,4 +1,4 @@
-"""Each seed model's own Keras code against ``python -m lit_mnist fit`` on its config, interleaved.
+"""Each tutorial model's own Keras code against ``python -m lit_mnist fit`` on its config, interleaved.
 
     python benchmarks/vs_keras.py [--models mlp cnn ...] [--rounds 3] [--epochs N] [--out FILE]
                                   [--lit-only] [-- extra lit_mnist fit arguments]
@@ -37,7 +37,7 @@ from lit_mnist.callbacks import EpochTimer
 
 REPO = Path(__file__).resolve().parents[1]
 TENSORFLOW = "tensorflow==2.21.0"
-#: model -> (default epochs, batch size, target ratio lit/Keras from issue 11).
+#: model -> (default epochs, batch size, target ratio lit/Keras).
 MODELS = {
     "mlp": (3, 32, 0.8),
     "dropout": (3, 32, 1.0),

@@ -1,23 +1,24 @@
-"""Seed 002's TF1 data in Keras 3: flat float images in [0, 1] and one-hot labels, like input_data.
+"""The TF1 data of "What is TensorFlow?" in Keras 3: flat float images in [0, 1], one-hot labels.
 
-Seed 002 ("What is TensorFlow?") is TF1 code (placeholders, sessions); its models are written here
-in Keras 3 the way they compute: weights from ``tf.random_normal(stddev=0.01)`` and no biases,
-softmax cross-entropy on logits with one-hot labels, TF's optimizers. What differs from the seed,
-as for the lit_mnist configs: all 60,000 training images (the seed: TF1's 55,000-image split) and
-model.fit's per-epoch shuffling (the seed: in order); Keras' RMSprop starts its average at 0 with
-epsilon 1e-7 (TF1's at 1 with 1e-10); the seed's test-accuracy checks every ``howOften`` batches
-inside the epoch are left out (they are monitoring, not training, and lit_mnist does not do them).
+The "What is TensorFlow?" tutorial (docs/tutorials.md) is TF1 code (placeholders, sessions); its
+models are written here in Keras 3 the way they compute: weights from
+``tf.random_normal(stddev=0.01)`` and no biases, softmax cross-entropy on logits with one-hot
+labels, TF's optimizers. What differs from the tutorial, as for the lit_mnist configs: all 60,000
+training images (the tutorial: TF1's 55,000-image split) and model.fit's per-epoch shuffling (the
+tutorial: in order); Keras' RMSprop starts its average at 0 with epsilon 1e-7 (TF1's at 1 with
+1e-10); the tutorial's test-accuracy checks every ``howOften`` batches inside the epoch are left
+out (they are monitoring, not training, and lit_mnist does not do them).
 """
 
 from __future__ import annotations
 
-import _seed
+import _common
 import numpy as np
 
 
 def load(train_size: int, images_shape: tuple[int, ...] = (784,)):
     """trX, trY, teX, teY as float32 images of ``images_shape`` in [0, 1] and one-hot float32 labels."""
-    x_train, y_train, x_test, y_test = _seed.load_mnist(train_size)
+    x_train, y_train, x_test, y_test = _common.load_mnist(train_size)
     eye = np.eye(10, dtype=np.float32)
     tr_x = x_train.reshape((len(x_train), *images_shape)).astype(np.float32) / 255
     te_x = x_test.reshape((len(x_test), *images_shape)).astype(np.float32) / 255
@@ -25,7 +26,7 @@ def load(train_size: int, images_shape: tuple[int, ...] = (784,)):
 
 
 def init_weights():
-    """The seed's ``init_weights``: ``tf.random_normal(shape, stddev=0.01)``."""
+    """The tutorial's ``init_weights``: ``tf.random_normal(shape, stddev=0.01)``."""
     import keras
 
     return keras.initializers.RandomNormal(stddev=0.01)

@@ -1,17 +1,17 @@
-"""Seed 002 ("What is TensorFlow?"): the CNN, in Keras 3 as the TF1 code computes.
+"""The CNN of the "What is TensorFlow?" tutorial (docs/tutorials.md), in Keras 3 as the TF1 code computes.
 
 3 x (conv 3x3 'SAME' 32/64/128 -> relu -> max-pool 2x2 stride 2 'SAME' -> dropout keep 0.8), then
 the 128 x 4 x 4 = 2,048 features -> 625 relu -> dropout keep 0.5 -> 10 logits; N(0, 0.01) weights
-and no biases. The seed flattens ``l3``, not ``l3o``, so its third conv dropout is built but unused
+and no biases. The tutorial flattens ``l3``, not ``l3o``, so its third conv dropout is built but unused
 and is left out here. Softmax cross-entropy on the logits, ``RMSPropOptimizer(0.001, 0.9)``
 (Keras RMSprop, rho 0.9), batch 50, 10 epochs -> 99.13 %. See _tf1.py for the data and what differs.
 """
 
-import _seed
+import _common
 import _tf1
 import keras
 
-args = _seed.parse_args(10, __doc__)
+args = _common.parse_args(10, __doc__)
 keras.utils.set_random_seed(0)
 trX2, trY, teX2, teY = _tf1.load(args.train_size, (28, 28, 1))
 NUM_EPOCHS = args.epochs
@@ -50,5 +50,5 @@ model.compile(
     loss=keras.losses.CategoricalCrossentropy(from_logits=True),
     metrics=["categorical_accuracy"],
 )
-model.fit(trX2, trY, epochs=NUM_EPOCHS, batch_size=BATCH_SIZE, verbose=0, callbacks=[_seed.epoch_timer()])
-_seed.report_test(model.evaluate(teX2, teY, verbose=0)[1])
+model.fit(trX2, trY, epochs=NUM_EPOCHS, batch_size=BATCH_SIZE, verbose=0, callbacks=[_common.epoch_timer()])
+_common.report_test(model.evaluate(teX2, teY, verbose=0)[1])

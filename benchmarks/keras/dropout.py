@@ -1,16 +1,16 @@
-"""Seed 003 ("Introduction to TensorFlow and Keras"): the slides' own Keras code.
+"""The network of Musolesi's slides (docs/tutorials.md): the slides' own Keras code.
 
 Flatten -> Dense 128 relu -> Dropout 0.2 -> Dense 10 softmax (101,770 parameters),
 SparseCategoricalCrossentropy(from_logits=False), Adam, batch 32 (fit's default), 5 epochs; x / 255.
 """
 
-import _seed
+import _common
 import keras
 import tensorflow as tf
 
-args = _seed.parse_args(5, __doc__)
+args = _common.parse_args(5, __doc__)
 keras.utils.set_random_seed(0)
-x_train, y_train, x_test, y_test = _seed.load_mnist(args.train_size)
+x_train, y_train, x_test, y_test = _common.load_mnist(args.train_size)
 x_train, x_test = x_train / 255.0, x_test / 255.0
 
 model = tf.keras.models.Sequential(
@@ -24,5 +24,5 @@ model = tf.keras.models.Sequential(
 )
 loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=False)
 model.compile(optimizer="adam", loss=loss_fn, metrics=["accuracy"])
-model.fit(x_train, y_train, epochs=args.epochs, verbose=0, callbacks=[_seed.epoch_timer()])
-_seed.report_test(model.evaluate(x_test, y_test, verbose=0)[1])
+model.fit(x_train, y_train, epochs=args.epochs, verbose=0, callbacks=[_common.epoch_timer()])
+_common.report_test(model.evaluate(x_test, y_test, verbose=0)[1])

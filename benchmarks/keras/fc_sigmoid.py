@@ -1,15 +1,15 @@
-"""Seed 002 ("What is TensorFlow?"): the basic fully connected net, in Keras 3 as the TF1 code computes.
+"""The basic fully connected net of "What is TensorFlow?", in Keras 3 as the TF1 code computes.
 
 ``sigmoid(X @ W_h) @ W_o`` with 620 hidden units (N(0, 0.01) weights, no biases), softmax
 cross-entropy on the logits, ``GradientDescentOptimizer(0.2)``, batch 50, 50 epochs -> 97.86 %.
-See _tf1.py for the data and what differs from the seed.
+See _tf1.py for the data and what differs from the tutorial.
 """
 
-import _seed
+import _common
 import _tf1
 import keras
 
-args = _seed.parse_args(50, __doc__)
+args = _common.parse_args(50, __doc__)
 keras.utils.set_random_seed(0)
 trX, trY, teX, teY = _tf1.load(args.train_size)
 NUM_HIDDEN = 620
@@ -30,5 +30,5 @@ model.compile(
     loss=keras.losses.CategoricalCrossentropy(from_logits=True),
     metrics=["categorical_accuracy"],
 )
-model.fit(trX, trY, epochs=NUM_EPOCHS, batch_size=BATCH_SIZE, verbose=0, callbacks=[_seed.epoch_timer()])
-_seed.report_test(model.evaluate(teX, teY, verbose=0)[1])
+model.fit(trX, trY, epochs=NUM_EPOCHS, batch_size=BATCH_SIZE, verbose=0, callbacks=[_common.epoch_timer()])
+_common.report_test(model.evaluate(teX, teY, verbose=0)[1])

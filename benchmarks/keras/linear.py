@@ -1,15 +1,15 @@
-"""Seed 002 ("What is TensorFlow?"): logistic regression on MNIST, in Keras 3 as the TF1 code computes.
+"""Logistic regression on MNIST from "What is TensorFlow?", in Keras 3 as the TF1 code computes.
 
 ``pred_logit = X @ w`` (784 x 10, N(0, 0.01), no bias), softmax cross-entropy on the logits,
-``GradientDescentOptimizer(0.05)``, batch 200, 30 epochs. The seed does not write this update by
+``GradientDescentOptimizer(0.05)``, batch 200, 30 epochs. The tutorial does not write this update by
 hand (it calls TF's optimizer), so Keras' SGD(0.05) runs it here; see _tf1.py for the data.
 """
 
-import _seed
+import _common
 import _tf1
 import keras
 
-args = _seed.parse_args(30, __doc__)
+args = _common.parse_args(30, __doc__)
 keras.utils.set_random_seed(0)
 trX, trY, teX, teY = _tf1.load(args.train_size)
 NUM_EPOCHS = args.epochs
@@ -26,5 +26,5 @@ model.compile(
     loss=keras.losses.CategoricalCrossentropy(from_logits=True),
     metrics=["categorical_accuracy"],
 )
-model.fit(trX, trY, epochs=NUM_EPOCHS, batch_size=BATCH_SIZE, verbose=0, callbacks=[_seed.epoch_timer()])
-_seed.report_test(model.evaluate(teX, teY, verbose=0)[1])
+model.fit(trX, trY, epochs=NUM_EPOCHS, batch_size=BATCH_SIZE, verbose=0, callbacks=[_common.epoch_timer()])
+_common.report_test(model.evaluate(teX, teY, verbose=0)[1])

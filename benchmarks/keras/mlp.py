@@ -1,16 +1,16 @@
-"""Seed 000 ("Practical 5: Neural Networks using TensorFlow"): the tutorial's own Keras code.
+"""The MLP of the "Practical 5" tutorial (docs/tutorials.md): the tutorial's own Keras code.
 
 Flatten -> Dense 128 relu -> Dense 256 relu -> Dense 10 logits, SparseCategoricalCrossentropy
 (from_logits), Adam, model.fit's default batch 32, 10 epochs; x / 255.
 """
 
-import _seed
+import _common
 import keras
 import tensorflow as tf
 
-args = _seed.parse_args(10, __doc__)
+args = _common.parse_args(10, __doc__)
 keras.utils.set_random_seed(0)
-x_train, y_train, x_test, y_test = _seed.load_mnist(args.train_size)
+x_train, y_train, x_test, y_test = _common.load_mnist(args.train_size)
 x_train, x_test = x_train / 255.0, x_test / 255.0
 
 num_classes = 10
@@ -28,5 +28,5 @@ model = tf.keras.models.Sequential(
 )
 loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 model.compile(optimizer="adam", loss=loss_fn, metrics=["accuracy"])
-model.fit(x_train, y_train, epochs=args.epochs, verbose=0, callbacks=[_seed.epoch_timer()])
-_seed.report_test(model.evaluate(x_test, y_test, verbose=0)[1])
+model.fit(x_train, y_train, epochs=args.epochs, verbose=0, callbacks=[_common.epoch_timer()])
+_common.report_test(model.evaluate(x_test, y_test, verbose=0)[1])

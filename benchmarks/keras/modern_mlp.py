@@ -1,17 +1,17 @@
-"""Seed 002 ("What is TensorFlow?"): the "modern" net, in Keras 3 as the TF1 code computes.
+"""The "modern" net of "What is TensorFlow?", in Keras 3 as the TF1 code computes.
 
 ``relu(dropout(relu(X @ w_h), keep 0.4) @ w_h2) @ w_o``, 625-625 (N(0, 0.01), no biases): the
-seed builds an input dropout (keep 0.7) but feeds ``X``, not its output, to the first layer, so
+tutorial builds an input dropout (keep 0.7) but feeds ``X``, not its output, to the first layer, so
 that dropout is left out; TF1's ``keep_prob`` 0.4 is Keras' rate 0.6. Softmax cross-entropy on the
 logits, ``RMSPropOptimizer(0.001, 0.9)`` (Keras RMSprop, rho 0.9), batch 100, 50 epochs -> 98.52 %.
-See _tf1.py for the data and what differs from the seed.
+See _tf1.py for the data and what differs from the tutorial.
 """
 
-import _seed
+import _common
 import _tf1
 import keras
 
-args = _seed.parse_args(50, __doc__)
+args = _common.parse_args(50, __doc__)
 keras.utils.set_random_seed(0)
 trX, trY, teX, teY = _tf1.load(args.train_size)
 NUM_EPOCHS = args.epochs
@@ -31,5 +31,5 @@ model.compile(
     loss=keras.losses.CategoricalCrossentropy(from_logits=True),
     metrics=["categorical_accuracy"],
 )
-model.fit(trX, trY, epochs=NUM_EPOCHS, batch_size=BATCH_SIZE, verbose=0, callbacks=[_seed.epoch_timer()])
-_seed.report_test(model.evaluate(teX, teY, verbose=0)[1])
+model.fit(trX, trY, epochs=NUM_EPOCHS, batch_size=BATCH_SIZE, verbose=0, callbacks=[_common.epoch_timer()])
+_common.report_test(model.evaluate(teX, teY, verbose=0)[1])

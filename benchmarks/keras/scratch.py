@@ -1,4 +1,4 @@
-"""Seed 001 ("A first look at a neural network", Chollet ch. 2): NaiveDense written by hand.
+"""The from-scratch network of the "A first look" tutorial (docs/tutorials.md): NaiveDense by hand.
 
 The notebook's own code: NaiveDense / NaiveSequential (W from U[0, 0.1), b zero), its
 BatchGenerator (batch 128, in order, no shuffling), one_training_step with GradientTape and the
@@ -9,7 +9,7 @@ the notebook runs it (no tf.function), with its "loss at batch" print every 100 
 import math
 import time
 
-import _seed
+import _common
 import keras
 import numpy as np
 import tensorflow as tf
@@ -95,10 +95,10 @@ def fit(model, images, labels, epochs, batch_size=128):
             loss = one_training_step(model, images_batch, labels_batch)
             if batch_counter % 100 == 0:
                 print(f"loss at batch {batch_counter}: {loss:.2f}")
-        _seed.report_epoch(epoch_counter + 1, time.perf_counter() - start)
+        _common.report_epoch(epoch_counter + 1, time.perf_counter() - start)
 
 
-args = _seed.parse_args(10, __doc__)
+args = _common.parse_args(10, __doc__)
 keras.utils.set_random_seed(0)
 model = NaiveSequential(
     [
@@ -107,7 +107,7 @@ model = NaiveSequential(
     ]
 )
 assert len(model.weights) == 4
-train_images, train_labels, test_images, test_labels = _seed.load_mnist(args.train_size)
+train_images, train_labels, test_images, test_labels = _common.load_mnist(args.train_size)
 train_images = train_images.reshape((len(train_images), 28 * 28)).astype("float32") / 255
 test_images = test_images.reshape((10000, 28 * 28)).astype("float32") / 255
 fit(model, train_images, train_labels, epochs=args.epochs, batch_size=128)
@@ -116,4 +116,4 @@ predictions = model(test_images).numpy()
 predicted_labels = np.argmax(predictions, axis=1)
 matches = predicted_labels == test_labels
 print(f"accuracy: {matches.mean():.2f}")
-_seed.report_test(matches.mean())
+_common.report_test(matches.mean())

@@ -1,4 +1,4 @@
-"""Seed 004's toy data: two 2-D Gaussian clouds, one per class."""
+"""The toy data of the "Chapter 3" tutorial: two 2-D Gaussian clouds, one per class."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from lit_mnist.data.loader import batch_loader
 from lit_mnist.errors import LitMNISTError
 
-#: The seed's class means (class 0 first) and their shared covariance.
+#: The tutorial's class means (class 0 first) and their shared covariance.
 BLOB_MEANS = ((0.0, 3.0), (3.0, 0.0))
 BLOB_COV = ((1.0, 0.5), (0.5, 1.0))
 
@@ -19,7 +19,7 @@ def make_blobs(num_points_per_class: int = 1000, seed: int = 0) -> tuple[torch.T
     """Float32 points ``[2 N, 2]`` and int64 labels ``[2 N]``: N from each blob, class 0 first.
 
     The points are drawn with ``numpy.random.default_rng(seed).multivariate_normal``, as the
-    seed draws them with ``np.random.multivariate_normal``.
+    tutorial draws them with ``np.random.multivariate_normal``.
     """
     rng = np.random.default_rng(seed)
     clouds = [rng.multivariate_normal(mean, BLOB_COV, size=num_points_per_class) for mean in BLOB_MEANS]
@@ -29,17 +29,17 @@ def make_blobs(num_points_per_class: int = 1000, seed: int = 0) -> tuple[torch.T
 
 
 class BlobsDataModule(L.LightningDataModule):
-    """Seed 004's two Gaussian clouds (means [0, 3] and [3, 0], covariance [[1, .5], [.5, 1]]).
+    """The two Gaussian clouds of "Chapter 3" (means [0, 3] and [3, 0], covariance [[1, .5], [.5, 1]]).
 
-    Training, validation, test and prediction all use the same seeded points, as the seed
-    evaluates its classifier on the points it trained on. Batches are ``(points, labels)``:
-    float32 ``[B, 2]`` and int64 class labels ``[B]`` (a model with an MSE loss regresses onto
-    them as 0.0 / 1.0). The points are drawn when the module is built (2,000 points cost
+    Training, validation, test and prediction all use the same seeded points, as the tutorial
+    (``docs/tutorials.md``) evaluates its classifier on the points it trained on. Batches are
+    ``(points, labels)``: float32 ``[B, 2]`` and int64 class labels ``[B]`` (a model with an MSE
+    loss regresses onto them as 0.0 / 1.0). The points are drawn when the module is built (2,000 points cost
     nothing) and need no scaling on the device.
 
     Args:
-        num_points_per_class: Points drawn from each blob (the seed: 1,000).
-        batch_size: Points per batch; ``None`` takes them all, the seed's full-batch descent.
+        num_points_per_class: Points drawn from each blob (the tutorial: 1,000).
+        batch_size: Points per batch; ``None`` takes them all, the tutorial's full-batch descent.
         seed: Seed of the draw, and of the order of the points when batches are smaller.
     """
 

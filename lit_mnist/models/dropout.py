@@ -1,4 +1,4 @@
-"""Fully connected networks with dropout: seed 003's Keras model and seed 002's "modern" net."""
+"""Fully connected networks with dropout: the model of Musolesi's slides and the "modern" net."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from lit_mnist.models.mlp import Activation, mlp_network
 
 
 class DropoutMLP(MNISTClassifier):
-    """Seed 003's network with dropout, and seed 002's "modern" net through its config.
+    """The network with dropout of Musolesi's slides, and the "modern" net through its config.
 
-    Its defaults are the seed's Keras stack::
+    Its defaults are the slides' Keras stack::
 
         tf.keras.Sequential([Flatten(input_shape=(28, 28)),
                              Dense(128, activation='relu'),
@@ -22,10 +22,10 @@ class DropoutMLP(MNISTClassifier):
     trained with Adam (lr 1e-3), batch 32, 5 epochs (``configs/dropout.yaml``).
 
     ``dropout`` holds one drop probability per hidden layer (0: no dropout after that layer).
-    Seed 002's "modern" net, ``784 → 625 relu → dropout → 625 relu → 10`` with TF1
-    ``keep_prob`` 0.4 (``dropout=[0.6, 0]``) and RMSprop(0.001, 0.9), batch 100, 50 epochs, is
-    ``configs/modern_mlp.yaml``; like the seed's code as it runs, it has no input dropout.
-    How the port differs from TensorFlow: ``docs/porting.md``.
+    The "modern" net of "What is TensorFlow?", ``784 → 625 relu → dropout → 625 relu → 10`` with
+    TF1 ``keep_prob`` 0.4 (``dropout=[0.6, 0]``) and RMSprop(0.001, 0.9), batch 100, 50 epochs, is
+    ``configs/modern_mlp.yaml``; like the tutorial's code as it runs, it has no input dropout.
+    The tutorials: ``docs/tutorials.md``; how the port differs from TensorFlow: ``docs/porting.md``.
     """
 
     def __init__(

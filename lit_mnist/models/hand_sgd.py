@@ -1,4 +1,4 @@
-"""Plain gradient descent written out by hand, as seeds 001, 002 and 004 write it with GradientTape."""
+"""Plain gradient descent written out by hand, as three of the tutorials write it with GradientTape."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from lit_mnist.models.classifier import MNISTClassifier
 
 
 class GradientDescent(torch.optim.Optimizer):
-    """The seeds' update rule ``w -= lr * grad`` for every weight, and nothing else.
+    """The tutorials' update rule ``w -= lr * grad`` for every weight, and nothing else.
 
-    The seeds take the gradients with ``tape.gradient(loss, weights)`` and then update each
+    "A first look", "What is TensorFlow?" and "Chapter 3" (``docs/tutorials.md``) take the
+    gradients with ``tape.gradient(loss, weights)`` and then update each
     weight by hand (``w.assign_sub(grad * learning_rate)``); here autograd fills ``w.grad``
     (Lightning calls ``loss.backward()``) and ``step`` is that loop. Being an optimizer, it lets
     Lightning count the steps and apply gradient clipping, accumulation and schedulers as usual.
@@ -41,7 +42,7 @@ class GradientDescent(torch.optim.Optimizer):
 
 
 class HandSGDClassifier(MNISTClassifier):
-    """A classifier trained by ``GradientDescent``, the seeds' hand-written update.
+    """A classifier trained by ``GradientDescent``, the tutorials' hand-written update.
 
     Args:
         net: The network.

@@ -1,4 +1,4 @@
-"""A linear classifier trained by hand-written gradient descent: seeds 004 and 002."""
+"""A linear classifier trained by hand-written gradient descent, as two tutorials write it."""
 
 from __future__ import annotations
 
@@ -17,17 +17,17 @@ Loss = Literal["cross_entropy", "mse"]
 class LinearClassifier(HandSGDClassifier):
     """An affine map ``x @ W + b`` trained with plain gradient descent written out by hand.
 
-    Two seeds use it:
+    Two tutorials use it (``docs/tutorials.md``):
 
-    * Seed 004 (Chollet ch. 3, ``configs/linear_blobs.yaml``): two 2-D Gaussian blobs,
+    * "Chapter 3" (``configs/linear_blobs.yaml``): two 2-D Gaussian blobs,
       ``num_inputs=2, num_outputs=1, loss="mse"``. The single output is a score regressed onto the
       0/1 class label with mean squared error; a point is class 1 when its score is above 0.5.
       Full-batch descent with lr 0.1 for 40 steps reaches a loss of about 0.025.
-    * Seed 002 (TF1 logistic regression, ``configs/linear.yaml``): MNIST, ``784 → 10`` logits
-      with softmax cross-entropy, SGD lr 0.05, batch 200, 30 epochs, about 92 %.
+    * "What is TensorFlow?" (TF1 logistic regression, ``configs/linear.yaml``): MNIST,
+      ``784 → 10`` logits with softmax cross-entropy, SGD lr 0.05, batch 200, 30 epochs.
 
     ``probabilities`` for the MSE case are ``[1 − s, s]`` with the score ``s`` clipped to [0, 1],
-    so the predicted class is ``s > 0.5`` as in the seed and accuracy and ``predict`` work as for
+    so the predicted class is ``s > 0.5`` as in "Chapter 3" and accuracy and ``predict`` work as for
     the other models. Inputs are flattened, so MNIST batches ``[B, 1, 28, 28]`` and blob batches
     ``[B, 2]`` both work.
 
@@ -47,9 +47,10 @@ class LinearClassifier(HandSGDClassifier):
         Args:
             num_inputs: Features of each input (784 for MNIST images, 2 for the blobs).
             num_outputs: Logits for ``cross_entropy`` (2 or more), or 1 score for ``mse``.
-            loss: ``cross_entropy`` (softmax, seed 002) or ``mse`` of a 0/1 score (seed 004).
+            loss: ``cross_entropy`` (softmax, "What is TensorFlow?") or ``mse`` of a 0/1 score
+                ("Chapter 3").
             lr: The learning rate of the hand-written update ``w -= lr * grad``.
-            uniform_init: Start W from U[0, 1) and b at 0, as seed 004 does, instead of PyTorch's
+            uniform_init: Start W from U[0, 1) and b at 0, as "Chapter 3" does, instead of PyTorch's
                 default initialisation.
         """
         if loss == "mse" and num_outputs != 1:

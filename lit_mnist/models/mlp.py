@@ -1,4 +1,4 @@
-"""Fully connected networks: seed 000's MLP, and the seed 001 / 002 variants through their configs."""
+"""Fully connected networks: the "Practical 5" MLP, and those of two other tutorials through their configs."""
 
 from __future__ import annotations
 
@@ -50,8 +50,7 @@ def mlp_network(
 
     ``dropout`` gives each hidden layer's drop probability (PyTorch's ``p``, TF1's 1 − keep_prob);
     empty means none, and a 0 leaves that layer without a dropout module. The dropouts are
-    ``MaskDropout`` (2.5× faster than ``nn.Dropout`` on the CPU for ``modern_mlp``'s 100 × 625
-    activations).
+    ``MaskDropout``, faster than ``nn.Dropout`` on the CPU.
     """
     if dropout and len(dropout) != len(hidden_sizes):
         raise LitMNISTError(
@@ -70,18 +69,19 @@ def mlp_network(
 
 
 class MLP(MNISTClassifier):
-    """Seed 000's multilayer perceptron; other widths and activations give seeds 001 and 002's.
+    """The multilayer perceptron of the "Practical 5" tutorial; other widths and activations give others.
 
-    Its defaults are the seed's Keras stack::
+    Its defaults are that tutorial's Keras stack::
 
         tf.keras.Sequential([Flatten(input_shape=(28, 28)),
                              Dense(128, activation='relu'),
                              Dense(256, activation='relu'),
                              Dense(10)])                     # 136,074 parameters
 
-    trained with Adam (lr 1e-3), batch 32, 10 epochs (``configs/mlp.yaml``); seed 001's
-    Dense-512 network is ``configs/dense512.yaml`` and seed 002's 620-unit sigmoid network
-    ``configs/fc_sigmoid.yaml``. How the port differs from TensorFlow: ``docs/porting.md``.
+    trained with Adam (lr 1e-3), batch 32, 10 epochs (``configs/mlp.yaml``); the Dense-512 network
+    of "A first look" is ``configs/dense512.yaml`` and the 620-unit sigmoid network of "What is
+    TensorFlow?" ``configs/fc_sigmoid.yaml`` (the tutorials: ``docs/tutorials.md``). How the port
+    differs from TensorFlow: ``docs/porting.md``.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Seed 001's NaiveDense / NaiveSequential network, its weights and update written by hand."""
+"""The NaiveDense / NaiveSequential network of "A first look", its weights and update written by hand."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ KERAS_EPSILON = 1e-7
 
 
 class NaiveDense(nn.Module):
-    """``activation(inputs @ W + b)`` with ``W`` drawn from U[0, 0.1) and ``b`` zero, as in the seed.
+    """``activation(inputs @ W + b)`` with ``W`` drawn from U[0, 0.1) and ``b`` zero, as in the tutorial.
 
     Args:
         input_size: Features in.
@@ -34,7 +34,7 @@ class NaiveDense(nn.Module):
 def scratch_network(
     hidden_size: int = 512, in_features: int = 28 * 28, num_classes: int = 10
 ) -> nn.Sequential:
-    """The seed's ``NaiveSequential([NaiveDense(784, 512, relu), NaiveDense(512, 10, softmax)])``.
+    """The tutorial's ``NaiveSequential([NaiveDense(784, 512, relu), NaiveDense(512, 10, softmax)])``.
 
     Its output is class probabilities, not logits.
     """
@@ -46,14 +46,15 @@ def scratch_network(
 
 
 class ScratchMLP(HandSGDClassifier):
-    """Seed 001's network built from scratch and trained by hand (``configs/scratch.yaml``).
+    """The "A first look" network built from scratch and trained by hand (``configs/scratch.yaml``).
 
     Two ``NaiveDense`` layers (784 → 512 relu → 10 softmax) hold their weights as plain
     parameters; the loss is the mean sparse categorical cross-entropy of the softmax output,
     computed as Keras 3 does: probabilities clipped to [1e-7, 1 − 1e-7], their log taken as
     logits of a softmax cross-entropy (the same value and gradient as −log p[label] while no
     probability is clipped). Each batch of 128 updates every weight by ``w -= 1e-3 * grad``,
-    for 10 epochs. How the port differs from TensorFlow: ``docs/porting.md``.
+    for 10 epochs. The tutorial: ``docs/tutorials.md``; how the port differs from TensorFlow:
+    ``docs/porting.md``.
     """
 
     def __init__(self, hidden_size: int = 512, lr: float = 1e-3) -> None:

@@ -1,4 +1,4 @@
-"""A small, fast CNN for the time-to-99 % run (``configs/speedrun.yaml``); not from a seed."""
+"""A small, fast CNN for the time-to-99 % run (``configs/speedrun.yaml``); not from a tutorial."""
 
 from __future__ import annotations
 
