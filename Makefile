@@ -30,6 +30,7 @@ test-fast: lint
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 # Wheels of what the GPU machine's Python 3.12 lacks, at this venv's versions, for
 # benchmarks/device_check.py to install there (README "Device check"); .device-wheels/ is ignored.

@@ -57,7 +57,7 @@ def run(
     wall = time.monotonic() - start
     if result.returncode != 0:
         raise SystemExit(f"{config} (seed {seed}) failed:\n{result.stderr[-3000:]}")
-    acc = float(re.search(r"test/acc\s+([\d.]+)", result.stdout).group(1))
+    acc = float(re.search(r"test/acc\W+([\d.]+)", result.stdout).group(1))
     loss = float(re.search(r"test/loss\s+([\d.]+)", result.stdout).group(1))
     return 100 * acc, loss, wall
 

@@ -216,22 +216,21 @@ class SameCheckpointOnEveryRank(L.Callback):
 
     Each process resolves ``--ckpt_path last`` on its own, in its own view of the log folder; a
     process that found no file would train from scratch while the others resume. Once every
-    process has loaded its checkpoint (or none), they compare which one (its path under the
-    log folder, epoch and step) and all stop with one message if they differ. One process: no
+    process has loaded its checkpoint (or none), they compare which one (its file from the run
+    folder on, its epoch and step) and all stop with one message if they differ. One process: no
     check.
     """
 
     def __init__(self) -> None:
-        self.loaded = "no checkpoint (from scratch)"
+        self.loaded = "no last.ckpt (training from scratch)"
 
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        path = Path(str(trainer.ckpt_path))
-        save_dir = trainer.logger.save_dir if trainer.logger is not None else None
-        if save_dir is not None and path.is_relative_to(Path(save_dir)):
-            path = path.relative_to(Path(save_dir))
-        self.loaded = f"{path} (epoch {checkpoint.get('epoch')}, step {checkpoint.get('global_step')})"
+        # The log folder may sit at different paths on different machines: name the file from its
+        # run folder on (<run name>/version_N/checkpoints/last.ckpt).
+        where = Path(*Path(str(trainer.ckpt_path)).parts[-4:])
+        self.loaded = f"{where} (epoch {checkpoint.get('epoch')}, step {checkpoint.get('global_step')})"
 
     def _compare(self, trainer: L.Trainer) -> None:
         if trainer.world_size < 2 or not torch.distributed.is_initialized():
@@ -241,9 +240,9 @@ class SameCheckpointOnEveryRank(L.Callback):
         if len(set(choices)) > 1:
             listed = "; ".join(f"rank {rank}: {found}" for rank, found in enumerate(choices))
             raise LitMNISTError(
-                f"The processes of this run started from different checkpoints ({listed}); with "
-                "--ckpt_path last every machine must see the run's log folder at the same path (a shared "
-                "file system, or a copy), or pass the same --ckpt_path file to all."
+                f"--ckpt_path last resolved to different checkpoints on different ranks ({listed}); "
+                "every machine must see the run's log folder at the same path (a shared file system, "
+                "or a copy), or pass the same --ckpt_path file to all."
             )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -22,7 +22,7 @@ def user_message(err: BaseException) -> str | None:
 
     ``LitMNISTError`` (also when another library wrapped it), Lightning's
     ``MisconfigurationException`` (settings that do not go together; its messages say which), the
-    failure of another process of a distributed run (``torch.distributed.DistError``), and a file
+    failure of another process of a distributed run (``_raised_by_a_collective``), and a file
     that cannot be read or written. ``LIT_MNIST_DEBUG=1`` keeps the traceback of the last two.
     """
     if isinstance(err, MisconfigurationException):
@@ -32,7 +32,7 @@ def user_message(err: BaseException) -> str | None:
         return str(cause)
     if os.environ.get("LIT_MNIST_DEBUG"):
         return None
-    if isinstance(err, torch.distributed.DistError):
+    if _raised_by_a_collective(err):
         return _peer_failure(err)
     if isinstance(err, OSError) and err.filename is not None:
         return f"cannot use {err.filename}: {err.strerror}."
@@ -63,6 +63,26 @@ def _user_error_in(err: BaseException | None) -> LitMNISTError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def _raised_by_a_collective(err: BaseException) -> bool:
+    """Whether ``err`` came from PyTorch's distributed communication in a run of several processes.
+
+    That is a ``torch.distributed.DistError`` (NCCL and c10d), or a ``RuntimeError`` raised inside
+    ``torch.distributed`` or DDP's reducer (``torch.nn.parallel``), as gloo raises them when a peer
+    has died; an error of the model's own code in the same run is raised from elsewhere.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return False
+    if isinstance(err, torch.distributed.DistError):
+        return True
+    if not isinstance(err, RuntimeError) or err.__traceback__ is None:
+        return False
+    innermost = err.__traceback__
+    while innermost.tb_next is not None:
+        innermost = innermost.tb_next
+    module = innermost.tb_frame.f_globals.get("__name__", "")
+    return module.startswith(("torch.distributed", "torch.nn.parallel"))
 
 
 def _peer_failure(err: BaseException) -> str:

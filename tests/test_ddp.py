@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow  # two DDP processes
 
 
 def _test_acc(stdout: str) -> float:
-    return float(re.search(r"test/acc\s+([\d.]+)", stdout).group(1))
+    return float(re.search(r"test/acc\W+([\d.]+)", stdout).group(1))
 
 
 def test_ddp_test_accuracy_equals_one_process_on_the_same_checkpoint(tmp_path):

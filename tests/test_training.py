@@ -129,16 +129,22 @@ def test_gradient_clipping_and_accumulation_train_a_seed_config(tiny_mnist, tmp_
 
 
 def test_without_a_gpu_optimizer_steps_do_not_look_for_one_through_nvml():
-    """Lightning's import asks for NVML-based GPU checks; ``import lit_mnist`` undoes it without a GPU."""
+    """Lightning's import asks for NVML-based GPU checks; the CLI's process set-up undoes it without a GPU.
+
+    Importing lit_mnist itself changes nothing in the process.
+    """
     probe = (
-        "import os, sys; import lightning; print(os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK')); "
-        "import lit_mnist, torch; print(os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'), torch.cuda.is_available())"
+        "import os; import lightning; print(os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK')); "
+        "import lit_mnist, lit_mnist.cli, torch; print(os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK')); "
+        "lit_mnist.cli.configure_process(); "
+        "print(os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'), torch.cuda.is_available())"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTORCH_NVML_BASED_CUDA_CHECK"}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    after_lightning, after_lit_mnist = out.stdout.split("\n")[:2]
+    after_lightning, after_import, after_setup = out.stdout.split("\n")[:3]
     assert after_lightning == "1", (
         "Lightning no longer sets PYTORCH_NVML_BASED_CUDA_CHECK: drop lit_mnist's undo"
     )
-    check, gpu = after_lit_mnist.split()
+    assert after_import == "1"
+    check, gpu = after_setup.split()
     assert check == ("1" if gpu == "True" else "0")

@@ -25,7 +25,7 @@ class TensorBatches(Dataset):
 
     def __getitem__(self, index: torch.Tensor | list[int]) -> tuple[torch.Tensor, ...]:
         index = torch.as_tensor(index, device=self.tensors[0].device)
-        return tuple(t.index_select(0, index) for t in self.tensors)  # 5x faster than t[index] here
+        return tuple(t.index_select(0, index) for t in self.tensors)  # faster than t[index] on uint8
 
 
 class BatchIndexSampler(DistributedSampler):
