@@ -282,10 +282,10 @@ def configure_process() -> None:
     """Once per process: hide library noise the user cannot act on, and torch's NVML check.
 
     Drops Lightning's advertisement line, its note that a summary callback is already there, and
-    the warnings that Lightning and torch raise about their own code. Importing Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` (so that looking
-    for a GPU does not initialise CUDA, which would poison ``fork``); on a machine without a CUDA
-    device torch then loads NVML afresh at every look, which ``Optimizer.step`` does at every
-    step, so it is set back to 0 there.
+    the warnings that Lightning and torch raise about their own code. Importing Lightning sets
+    ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` (so that looking for a GPU does not initialise CUDA, which
+    would poison ``fork``); on a machine without a CUDA device torch then loads NVML afresh at
+    every look, which ``Optimizer.step`` does at every step, so it is set back to 0 there.
     """
     # Lightning's advertisement, and its note that the Keras-like summary replaces its own.
     noise = ("litlogger", "already configured with model summary callbacks")
