@@ -12,6 +12,7 @@ from typing import IO, Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch import callbacks
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelSummary, ProgressBar, Timer
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -322,9 +323,12 @@ class TensorBoardFigures(L.Callback):
         every_n_epochs: Draw the validation figures after every n-th epoch (and the last).
     """
 
-    def __init__(self, num_samples: int = 32, num_worst: int = 16, every_n_epochs: int = 5) -> None:
-        if every_n_epochs < 1:
-            raise LitMNISTError(f"figures.every_n_epochs must be 1 or more, got {every_n_epochs}.")
+    def __init__(
+        self,
+        num_samples: NonNegativeInt = 32,
+        num_worst: NonNegativeInt = 16,
+        every_n_epochs: PositiveInt = 5,
+    ) -> None:
         self.num_samples = num_samples
         self.num_worst = num_worst
         self.every_n_epochs = every_n_epochs

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,94 @@ def test_missing_checkpoint_is_one_sentence(tmp_path):
     result = run_cli("test", "--config", "configs/mlp.yaml", "--ckpt_path", str(tmp_path / "nope.ckpt"))
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: Checkpoint file {tmp_path / 'nope.ckpt'} does not exist."
+
+
+def test_what_the_cli_adds_to_the_trainer_is_in_print_config_and_configurable(tmp_path):
+    printed = run_cli("fit", "--config", "configs/mlp.yaml", "--print_config")
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    for added in ("lit_mnist.callbacks.KerasModelSummary", "lit_mnist.callbacks.LearningRateMonitor",
+                  "lit_mnist.callbacks.PredictionWriter", "lit_mnist.callbacks.SameCheckpointOnEveryRank",
+                  "lit_mnist.checkpoint.AtomicCheckpointIO"):  # fmt: skip
+        assert f"class_path: {added}" in printed.stdout, added
+
+
+def test_prediction_writer_filename_is_set_from_the_command_line(fitted):
+    logs, _ = fitted
+    ckpt = logs / "mlp" / "version_0" / "checkpoints" / "last.ckpt"
+    writer = '{"class_path": "lit_mnist.callbacks.PredictionWriter", "init_args": {"filename": "mine.csv"}}'
+    result = run_cli(
+        "predict", "--config", "configs/mlp.yaml", "--ckpt_path", str(ckpt), *_logs(logs),
+        "--trainer.callbacks", writer, "--trainer.limit_predict_batches", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (written,) = logs.glob("mlp/version_*/mine.csv")
+    assert len(written.read_text().splitlines()) == 1 + 1000  # the header and one batch
+
+
+def test_several_machines_without_a_launcher_stop_at_once_with_one_sentence():
+    result = run_cli(
+        "fit", "--config", "configs/mlp.yaml", "--config", "configs/trainer/multinode.yaml", timeout=60
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(
+        "error: trainer.num_nodes is 2 but no launcher started this process"
+    )
+    assert len(result.stderr.strip().splitlines()) == 1 and "torchrun" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["export"])
+def test_command_help_describes_every_option(command):
+    result = run_cli(command, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    options = re.split(r"\n  (?=--)", result.stdout.split("\noptions:\n", 1)[1])
+    for option in options:
+        name, _, text = option.strip().partition(" ")
+        words = re.sub(r"\((required, )?type: .*\)|\s+", " ", text).strip()
+        assert len(words.split()) >= 3, f"{command} {name} has no help text"
+
+
+def test_export_takes_the_last_checkpoint_of_a_run(fitted, tmp_path):
+    logs, _ = fitted
+    result = run_cli(
+        "export", "--ckpt_path", "last", "--run", "mlp", "--save_dir", str(logs),
+        "--format", "torchscript", "--output", str(tmp_path / "mlp.pt"), "--check_count", "5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "matches PyTorch" in result.stdout
+    missing = run_cli("export", "--ckpt_path", "last", "--run", "nope", "--save_dir", str(logs),
+                      "--format", "onnx", "--output", str(tmp_path / "x.onnx"))  # fmt: skip
+    assert missing.returncode == 1
+    assert (
+        missing.stderr.strip()
+        == f"error: --ckpt_path last: no last.ckpt under {logs / 'nope'}/version_*/checkpoints/."
+    )
+
+
+def test_importing_the_package_changes_nothing_in_the_process():
+    """Environment, warning filters and log filters are the same before and after ``import lit_mnist``."""
+    probe = """
+import importlib, json, logging, os, subprocess, sys, warnings
+# Import every library lit_mnist imports first: their own import-time changes are not ours.
+listed = subprocess.run([sys.executable, "-c", "import sys, lit_mnist.cli, lit_mnist.export; "
+    "print(' '.join(sorted({m.split('.')[0] for m in sys.modules if not m.startswith('lit_mnist')})))"],
+    capture_output=True, text=True, check=True).stdout.split()
+for name in listed:
+    try:
+        importlib.import_module(name)
+    except Exception:
+        pass
+def state():
+    loggers = {n: len(l.filters) for n, l in logging.root.manager.loggerDict.items()
+               if isinstance(l, logging.Logger) and l.filters}
+    return dict(os.environ), [str(f) for f in warnings.filters], loggers
+before = state()
+import lit_mnist, lit_mnist.cli, lit_mnist.callbacks, lit_mnist.checkpoint, lit_mnist.export
+print(json.dumps(before == state()))
+lit_mnist.cli.configure_process()
+once = state()
+lit_mnist.cli.configure_process()
+print(json.dumps(once == state() and once != before))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["true", "true"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import shutil
 import time
 from pathlib import Path
@@ -11,12 +12,15 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from helpers import write_idx, write_mnist
+from helpers import REPO, write_idx, write_mnist
+from jsonargparse import ArgumentError, ArgumentParser
+from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torchvision.datasets import MNIST
 
 from lit_mnist import MLP, MNISTDataModule
 from lit_mnist.data import BatchIndexSampler, MNISTDataError, batch_loader, load_mnist
+from lit_mnist.data.images import read_digit
 from lit_mnist.errors import LitMNISTError
 
 
@@ -137,16 +141,19 @@ def test_corrupt_files_are_named(tiny_mnist, corrupt, message):
     assert "train-" in str(err.value) and str(raw) in str(err.value)
 
 
-@pytest.mark.parametrize("val_size", [120, 500, -1])
+@pytest.mark.parametrize("val_size", [120, 500])
 def test_bad_val_size(tiny_mnist, val_size):
     with pytest.raises(LitMNISTError, match="val_size"):
         _setup(tiny_mnist, val_size=val_size)
 
 
-@pytest.mark.parametrize("batch_size", [0, -1])
-def test_bad_batch_size(tiny_mnist, batch_size):
-    with pytest.raises(LitMNISTError, match="batch_size"):
-        MNISTDataModule(data_dir=str(tiny_mnist), batch_size=batch_size)
+@pytest.mark.parametrize(("option", "value"), [("batch_size", 0), ("batch_size", -1), ("val_size", -1)])
+def test_bad_sizes_are_refused_by_their_types(option, value):
+    """The sizes' types (jsonargparse's PositiveInt, NonNegativeInt) refuse them when a config is parsed."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(MNISTDataModule, "data")
+    with pytest.raises(ArgumentError, match=f"(?s){option}.*does not conform to restriction"):
+        parser.parse_args([f"--data.{option}={value}"])
 
 
 def test_index_batches_equal_the_simple_loader():
@@ -201,3 +208,23 @@ def test_on_device_cuts_the_batches_on_the_gpu(tiny_mnist):
     for (rx, ry), (cx, cy) in zip(resident, copied, strict=True):
         assert rx.is_cuda and ry.is_cuda
         assert torch.equal(rx, cx) and torch.equal(ry, cy)
+
+
+def test_test_digits_round_trip_through_png_centred_where_mnist_centres_them():
+    """A drawn digit is prepared as MNIST's were: its centre of mass where MNIST's digits have theirs."""
+    images = load_mnist(REPO / "data", train=False)[0][:1000].numpy()
+    round_tripped = []
+    for image in images:
+        png = io.BytesIO()
+        Image.fromarray(image).save(png, format="PNG")
+        round_tripped.append(read_digit(png.getvalue()))
+
+    def centres(batch: np.ndarray) -> np.ndarray:
+        mass = batch.astype(np.float64)
+        total = mass.sum(axis=(1, 2))
+        rows = (mass.sum(axis=2) * np.arange(28)).sum(axis=1) / total
+        cols = (mass.sum(axis=1) * np.arange(28)).sum(axis=1) / total
+        return np.stack([rows, cols], axis=1)
+
+    offset = np.abs(centres(np.stack(round_tripped)) - centres(images)).mean(axis=0)
+    assert (offset <= 0.1).all(), offset

@@ -5,10 +5,10 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
+from jsonargparse.typing import PositiveInt
 from torch.utils.data import DataLoader
 
 from lit_mnist.data.loader import batch_loader
-from lit_mnist.errors import LitMNISTError
 
 #: The tutorial's class means (class 0 first) and their shared covariance.
 BLOB_MEANS = ((0.0, 3.0), (3.0, 0.0))
@@ -44,13 +44,9 @@ class BlobsDataModule(L.LightningDataModule):
     """
 
     def __init__(
-        self, num_points_per_class: int = 1000, batch_size: int | None = None, seed: int = 0
+        self, num_points_per_class: PositiveInt = 1000, batch_size: PositiveInt | None = None, seed: int = 0
     ) -> None:
         super().__init__()
-        if num_points_per_class < 1:
-            raise LitMNISTError(f"data.num_points_per_class must be positive, got {num_points_per_class}.")
-        if batch_size is not None and batch_size < 1:
-            raise LitMNISTError(f"data.batch_size must be a positive whole number, got {batch_size}.")
         self.save_hyperparameters()
         self.num_points_per_class = num_points_per_class
         self.batch_size = batch_size

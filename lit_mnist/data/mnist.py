@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from torch.utils.data import DataLoader
 from torchvision.datasets import MNIST
 
@@ -183,20 +184,15 @@ class MNISTDataModule(L.LightningDataModule):
     def __init__(
         self,
         data_dir: str = "data",
-        batch_size: int = 32,
-        eval_batch_size: int = 1000,
-        val_size: int = 5000,
+        batch_size: PositiveInt = 32,
+        eval_batch_size: PositiveInt = 1000,
+        val_size: NonNegativeInt = 5000,
         split_seed: int = 42,
         shuffle_seed: int | None = None,
         predict_dir: str | None = None,
         on_device: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if value < 1:
-                raise LitMNISTError(f"data.{name} must be a positive whole number, got {value}.")
-        if val_size < 0:
-            raise LitMNISTError(f"data.val_size must be 0 or more, got {val_size}.")
         self.save_hyperparameters()
         self.data_dir = data_dir
         self.batch_size = batch_size
