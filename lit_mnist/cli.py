@@ -32,7 +32,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lit_mnist.callbacks import TensorBoardFigures
-from lit_mnist.checkpoint import SAVE_DIR, check_model_class, find_last, read_checkpoint, run_name
+from lit_mnist.checkpoint import (
+    SAVE_DIR,
+    check_model_class,
+    find_last,
+    read_checkpoint,
+    resolve_ckpt_path,
+    run_name,
+)
 from lit_mnist.errors import LitMNISTError
 from lit_mnist.models.classifier import MNISTClassifier
 
@@ -225,17 +232,17 @@ class LitMNISTCLI(LightningCLI):
         if not isinstance(logger, Namespace) or logger.init_args.get("save_dir") is None:
             raise LitMNISTError("--ckpt_path last needs a logger with a save_dir to find last.ckpt in.")
         run_dir = Path(logger.init_args.save_dir) / (logger.init_args.get("name") or "")
+        if self.config.subcommand != "fit":
+            config.ckpt_path = str(resolve_ckpt_path("last", run_dir))
+            return Path(config.ckpt_path)
         last = find_last(run_dir)
         if last is None:
-            if self.config.subcommand != "fit":
-                raise LitMNISTError(f"--ckpt_path last: no last.ckpt under {run_dir}/version_*/checkpoints/.")
             print(f"No last.ckpt under {run_dir}/version_*/checkpoints/: training from scratch.")
             config.ckpt_path = None
             return None
         config.ckpt_path = str(last)
-        if self.config.subcommand == "fit":
-            logger.init_args.version = last.parent.parent.name
-            print(f"Resuming from {last}")
+        logger.init_args.version = last.parent.parent.name
+        print(f"Resuming from {last}")
         return last
 
     def after_fit(self) -> None:

@@ -29,7 +29,7 @@ def tiny_mnist(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def mnist_mlp_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The seed-000 MLP fitted for 80 steps of 64 real MNIST images (about 90 % test accuracy)."""
+    """The "Practical 5" tutorial's MLP fitted for 80 steps of 64 real MNIST images (about 90 % test accuracy)."""
     logs = tmp_path_factory.mktemp("serve_logs")
     result = run_cli(
         "fit", "--config", "configs/mlp.yaml", "--trainer.max_epochs", "1",

@@ -21,7 +21,7 @@ GRAD_TOL = {"atol": 1e-4, "rtol": 1e-4}
 
 
 def reference_cnn() -> nn.Sequential:
-    """Seed 002's network written out with plain layers (the indices are those of cnn_network)."""
+    """The "What is TensorFlow?" tutorial's CNN written out with plain layers (the indices are those of cnn_network)."""
     layers: list[nn.Module] = []
     for i, (c_in, c_out) in enumerate([(1, 32), (32, 64), (64, 128)]):
         layers += [nn.Conv2d(c_in, c_out, 3, padding="same"), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]

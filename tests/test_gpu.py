@@ -85,7 +85,7 @@ def cnn_run(mnist, tmp_path_factory) -> tuple[Path, str]:
 def test_bf16_mixed_cnn_reaches_a_sane_accuracy_in_one_epoch(cnn_run):
     logs, out = cnn_run
     accuracy = float(re.search(r"Test accuracy ([\d.]+) %", out).group(1))
-    assert 90 < accuracy <= 100  # the seed's CNN reaches about 98 % after one epoch in float32
+    assert 90 < accuracy <= 100  # the tutorial's CNN reaches about 98 % after one epoch in float32
     checkpoint = torch.load(next((logs / "cnn" / "version_0" / "checkpoints").glob("best-*.ckpt")), map_location="cpu", weights_only=False)  # fmt: skip
     assert checkpoint["hyper_parameters"]["_class_path"] == "lit_mnist.CNN"
     assert checkpoint["global_step"] == 1100  # 55,000 training images in batches of 50

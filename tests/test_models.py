@@ -110,7 +110,7 @@ OVERFIT = [
     pytest.param(CNN, 20, id="cnn"),
     # one-cycle warm-up, and batch-norm statistics that the evaluated loss uses catch up slowly
     pytest.param(SpeedrunCNN, 40, id="speedrun"),
-    pytest.param(ScratchMLP, 20, id="scratch"),  # the seed's lr 1e-3
+    pytest.param(ScratchMLP, 20, id="scratch"),  # the tutorial's lr 1e-3
     pytest.param(lambda: LinearClassifier(lr=0.5), 20, id="linear-mnist"),
 ]
 
@@ -138,7 +138,7 @@ def test_loss_on_64_digits_halves_in_a_few_dozen_steps(
 
 
 def test_linear_classifier_reproduces_seed_004_on_the_blobs():
-    """40 full-batch steps of lr 0.1: the seed's loss of about 0.025, above 99 % of points right."""
+    """40 full-batch steps of lr 0.1: the tutorial's loss of about 0.025, above 99 % of points right."""
     torch.manual_seed(0)
     model = LinearClassifier(num_inputs=2, num_outputs=1, loss="mse", lr=0.1, uniform_init=True)
     trainer = quiet_trainer(max_epochs=40, log_every_n_steps=1)
@@ -245,7 +245,7 @@ TRAINER_FOR = {"mlp.yaml": "cpu.yaml", "cnn.yaml": "gpu.yaml", "scratch.yaml": "
 
 
 def test_every_seed_model_and_trainer_has_a_config():
-    seeds = {
+    tutorials = {
         "mlp",
         "linear_blobs",
         "linear",
@@ -256,7 +256,7 @@ def test_every_seed_model_and_trainer_has_a_config():
         "cnn",
         "scratch",
     }
-    assert {Path(name).stem for name in MODEL_CONFIGS} >= seeds
+    assert {Path(name).stem for name in MODEL_CONFIGS} >= tutorials
     assert sorted(TRAINER_FOR.values()) == TRAINER_CONFIGS == ["cpu.yaml", "gpu.yaml", "tpu.yaml"]
 
 

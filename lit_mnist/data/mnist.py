@@ -168,7 +168,7 @@ class MNISTDataModule(L.LightningDataModule):
         data_dir: Folder holding ``MNIST/raw/`` (the repository's ``data`` has the vendored files).
         batch_size: Training batch size.
         eval_batch_size: Batch size for validation, test and prediction (it does not change results).
-        val_size: Training images held out for validation; 0 trains on all 60,000 like the seeds
+        val_size: Training images held out for validation; 0 trains on all 60,000 like the tutorials
             and skips validation.
         split_seed: Seed of the train/validation split, kept apart from the training seed so that
             runs with different seeds are validated on the same images.

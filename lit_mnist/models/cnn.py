@@ -1,4 +1,4 @@
-"""Seed 002's convolutional network."""
+"""The convolutional network of the "What is TensorFlow?" tutorial (``docs/tutorials.md``)."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ def cnn_network(
     image_size: int = 28,
     num_classes: int = 10,
 ) -> nn.Sequential:
-    """Conv blocks, then a dense hidden layer, as seed 002's code runs them::
+    """Conv blocks, then a dense hidden layer, as the tutorial's code runs them::
 
         [Conv 3×3 'same' → ReLU → MaxPool 2×2 'same' (→ Dropout conv_dropout)] × len(channels)
         → Flatten → Dense(hidden_size) → ReLU → Dropout(hidden_dropout) → Dense(num_classes)
 
-    Every block but the last ends in dropout: the seed builds the last block's dropout but
+    Every block but the last ends in dropout: the tutorial builds the last block's dropout but
     flattens the tensor from before it. TF's 'SAME' 2×2 pooling halves rounding up
     (28 → 14 → 7 → 4), which is ``MaxPool2d(2, ceil_mode=True)``; with the defaults the dense
     layer sees 128 × 4 × 4 = 2,048 features.
@@ -66,12 +66,12 @@ def cnn_network(
 
 
 class CNN(MNISTClassifier):
-    """Seed 002's convolutional network (``cnn_network``'s defaults are the seed's numbers).
+    """The "What is TensorFlow?" tutorial's CNN (``cnn_network``'s defaults are the tutorial's numbers).
 
     Three blocks of 3×3 convolutions with 32, 64 and 128 filters, ReLU and 2×2 max-pooling,
-    TF1 ``keep_rate_conv`` 0.8 (dropout 0.2) after the first two blocks only, because the seed
+    TF1 ``keep_rate_conv`` 0.8 (dropout 0.2) after the first two blocks only, because the tutorial
     flattens the third block's output before its dropout; then 625 ReLU units, dropout 0.5
-    (``keep_rate_hidden`` 0.5) and 10 logits. The seed trains with RMSprop(0.001, 0.9), batch 50,
+    (``keep_rate_hidden`` 0.5) and 10 logits. The tutorial trains with RMSprop(0.001, 0.9), batch 50,
     10 epochs, and reports 99.13 % test accuracy: ``configs/cnn.yaml`` sets that optimizer (the
     constructor's default is the base class's Adam). How the port differs from TensorFlow:
     ``docs/porting.md``.
