@@ -9,11 +9,14 @@ from __future__ import annotations
 import ast
 import json
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 from helpers import REPO
+
+from lit_mnist.__main__ import main
 
 #: Top-level folders whose paths the documents name (``data/`` is left out: the README's layout
 #: names ``data/loader.py`` relative to ``lit_mnist/``).
@@ -148,3 +151,30 @@ def test_no_tracked_file_points_outside_the_repository():
         data = (REPO / name).read_bytes()
         offenders += [f"{name}: {needle}" for needle in OUTSIDE if needle.encode() in data]
     assert offenders == []
+
+
+def readme_commands(text: str) -> list[list[str]]:
+    """The ``python -m lit_mnist …`` commands of ``text``'s fenced bash blocks, as argument lists.
+
+    Continuation lines (a trailing backslash) are joined and comments dropped.
+    """
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:3] == ["python", "-m", "lit_mnist"]:
+                commands.append(words[3:])
+    return commands
+
+
+def test_readme_commands_are_found():
+    text = "```bash\npython -m lit_mnist fit --config a.yaml \\\n    --x 1   # note\nls\n```\n"
+    assert readme_commands(text) == [["fit", "--config", "a.yaml", "--x", "1"]]
+
+
+@pytest.mark.parametrize("command", readme_commands((REPO / "README.md").read_text()), ids=" ".join)
+def test_readme_command_parses(command: list[str], capsys: pytest.CaptureFixture) -> None:
+    """Every command the README shows is accepted as written (``--print_config`` stops after parsing)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--print_config"])
+    assert exit_info.value.code in (0, None), capsys.readouterr().err[-3000:]
