@@ -1,12 +1,12 @@
-"""``python -m lit_mnist tune``: an Optuna search over hyper-parameters, each trial an ordinary ``fit``.
+"""``python -m lit_mnist tune``: an Optuna search over hyper-parameters, each trial an ordinary fit.
 
-Its options are ``fit``'s, the config every trial starts from, and tune's own (``Options``). The
-trials run in Optuna's ``study.optimize``; each is a ``LitMNISTCLI`` fit (the same checks,
-checkpoints and TensorBoard logs) under ``<save_dir>/<study>/trial_<n>/``, pruned by
-optuna-integration's Lightning callback. A study keeps its search space, metric and direction.
-Workers sharing a study (processes on one journal file, machines on one RDB database) each stop
-once ``--n_trials`` trials of the study have finished; a trial whose worker died is failed by
-Optuna's heartbeat check and queued again. Optuna is imported only when a study runs.
+Every fit option (--config, --trainer.max_epochs, ...) sets the config that every trial starts
+from; tune's own options come last. The trials run in Optuna's study.optimize, each a fit by the
+project's CLI (the same checks, checkpoints and TensorBoard logs) under
+<save_dir>/<study_name>/trial_<n>/, pruned by optuna-integration's Lightning callback. A study
+keeps its search space, metric and direction. Workers sharing a study (processes on one journal
+file, machines on one RDB database) each stop once --n_trials trials of the study have finished;
+a trial whose worker died is marked failed by Optuna's heartbeat check and queued again.
 """
 
 from __future__ import annotations
@@ -309,11 +309,8 @@ class Search:
         o, values = self.options, suggest(trial, self.space)
         print(f"\n=== Trial {trial.number} of study {o.study_name}: {shown(values)}", flush=True)
         pruning = [PyTorchLightningPruningCallback(trial, o.metric)] if o.pruner == "median" else []
-        config, start, error = (
-            self.fit_config(values, o.study_name, f"trial_{trial.number}"),
-            time.monotonic(),
-            None,
-        )
+        config = self.fit_config(values, o.study_name, f"trial_{trial.number}")
+        start, error = time.monotonic(), None
         try:
             fit = TrialCLI(config, pruning)
         except TrialPruned as err:
@@ -341,7 +338,7 @@ class Search:
     def run(self) -> None:
         """Create or resume the study, run trials until ``n_trials`` have finished, and report."""
         try:
-            import optuna
+            import optuna  # only here: Optuna is an optional extra
         except ImportError:
             raise LitMNISTError("tune needs Optuna: pip install 'lit_mnist[tune]'.") from None
         from optuna.trial import TrialState
@@ -359,11 +356,8 @@ class Search:
         samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
         grid = self.grid and optuna.samplers.GridSampler(self.grid, o.seed)
         sampler = grid or samplers[o.sampler](seed=o.seed)
-        pruner = (
-            optuna.pruners.MedianPruner(o.n_startup_trials)
-            if o.pruner == "median"
-            else optuna.pruners.NopPruner()
-        )
+        median = o.pruner == "median"
+        pruner = optuna.pruners.MedianPruner(o.n_startup_trials) if median else optuna.pruners.NopPruner()
         study = optuna.create_study(
             storage=storage, sampler=sampler, pruner=pruner, study_name=o.study_name, direction=o.direction,
             load_if_exists=True,
@@ -416,10 +410,9 @@ class Search:
                 )
             return
         best, path = study.best_trial, self.study_dir / "best.yaml"
-        text = self.parser.dump(
-            self.fit_config(best.params, f"{o.study_name}-best", None), skip_validation=True
-        )
-        path.write_text(f"# The best trial of study {o.study_name}\n{text}")
+        config = self.fit_config(best.params, f"{o.study_name}-best", None)
+        header = f"# The best trial of study {o.study_name}: python -m lit_mnist fit --config {path}\n"
+        path.write_text(header + self.parser.dump(config, skip_validation=True))
         print(f"Best trial {best.number}: {o.metric} {best.value:.4f} with {shown(best.params)}")
         if "test/acc" in best.user_attrs:
             print(f"Best trial's test accuracy {100 * best.user_attrs['test/acc']:.2f} %")
