@@ -1,157 +1,100 @@
-"""``python -m lit_mnist tune``: an Optuna study whose trials are ordinary ``fit`` runs.
+"""``python -m lit_mnist tune``: an Optuna search over hyper-parameters, each trial an ordinary fit.
 
-The search space is a YAML file keyed by the CLI's own dotted option names
-(``model.init_args.optimizer.init_args.lr``, ``data.batch_size``); every other argument is a
-``fit`` argument applied to every trial. Each trial is a ``LitMNISTCLI`` fit (the same checks,
-checkpoints and TensorBoard logging) logged under ``<save_dir>/<study>/trial_<n>/``.
-
-The study lives in ``<save_dir>/<study>/journal.log`` (Optuna's ``JournalFileBackend``) unless
-``--storage`` names an RDB URL (``sqlite:///…``, ``postgresql://…``). Processes sharing a study
-take their trials one at a time under a lock (a lock file beside the study, or a PostgreSQL
-advisory lock), so together they run exactly ``--n_trials`` trials; a trial whose process died
-(SIGKILL) is marked failed by the next process on its machine, or, with an RDB storage, by
-Optuna's heartbeat from any machine.
+Every fit option (--config, --trainer.max_epochs, ...) sets the config that every trial starts
+from; tune's own options come last. The trials run in Optuna's study.optimize, each a fit by the
+project's CLI (the same checks, checkpoints and TensorBoard logs) under
+<save_dir>/<study_name>/trial_<n>/, pruned by optuna-integration's Lightning callback. A study
+keeps its search space, metric and direction. Workers sharing a study (processes on one journal
+file, machines on one RDB database) each stop once --n_trials trials of the study have finished;
+a trial whose worker died is marked failed by Optuna's heartbeat check and queued again.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import csv
-import itertools
 import json
 import math
-import os
-import socket
-import sys
-import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
-import optuna
-import torch
 import yaml
 from jsonargparse import Namespace
-from optuna.trial import TrialState
+from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
+from lit_mnist.checkpoint import run_name
 from lit_mnist.cli import LitMNISTCLI
-from lit_mnist.errors import ArgumentParser, LitMNISTError, user_message
+from lit_mnist.errors import LitMNISTError, user_message
+from lit_mnist.internals import journal_storage_with_heartbeat
 
-SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "none")
-TYPES = ("float", "int", "categorical", "grid")
+#: The fields each type of search-space entry takes.
 FIELDS = {
     "float": {"type", "low", "high", "log", "step"},
     "int": {"type", "low", "high", "log", "step"},
     "categorical": {"type", "choices"},
     "grid": {"type", "values"},
 }
-#: The trials that count towards ``--n_trials`` (queued grid points do not, until they start).
-STARTED = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-#: Seconds between heartbeats of a running trial in an RDB storage, and after how long without
-#: one another process marks the trial failed.
-HEARTBEAT_S, GRACE_S = 10, 60
+#: Seconds an RDB server has to accept a connection, unless the storage URL sets ``connect_timeout``.
+CONNECT_TIMEOUT_S = 5
 
 
-@dataclass(frozen=True)
-class Param:
-    """One search-space entry: ``kind`` is float, int or categorical (grid values are choices)."""
+@dataclass
+class Options:
+    """Tune's own options; every other option is fit's, the same for every trial.
 
-    key: str
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: tuple[Any, ...] = ()
+    Args:
+        search: The search space: a YAML file mapping fit's dotted keys (data.batch_size,
+            model.init_args.optimizer.init_args.lr) to {type: float|int, low, high[, log, step]},
+            {type: categorical, choices: [...]} or {type: grid, values: [...]}.
+        n_trials: How many trials must finish, complete or pruned (failed ones do not count), by all
+            the workers of the study together: 20, or the grid's size under --sampler grid. Each
+            worker stops once that many have finished, so workers racing at the end may finish a
+            few more.
+        sampler: tpe, random, or grid (every combination of the grid and categorical values and the
+            steps of int ranges, once).
+        pruner: median stops a trial whose metric after an epoch is worse than the median of the
+            earlier trials at that epoch; none runs every trial to the end.
+        n_startup_trials: The median pruner prunes no trial before this many have completed.
+        storage: An RDB URL (sqlite:///study.db; postgresql://user@host/db for workers on several
+            machines); by default the journal file <save_dir>/<study_name>/journal.log, which
+            processes on one machine can share.
+        study_name: The study to create or resume (default tune_<first config's name>). A study
+            keeps its search space, metric and direction: others need a new name.
+        timeout: Start no trial after this many seconds.
+        metric: The logged metric that scores a trial: its best value over the epochs.
+        direction: maximize or minimize the metric (default: minimize a loss, maximize the rest).
+        seed: The sampler's seed (default: a random one).
+        heartbeat_interval: Seconds between a running trial's heartbeats. A trial with none for
+            twice as long (its process was killed, its machine died) is marked failed and queued
+            again by the next worker that starts a trial.
+    """
 
-
-class _Parsed(Exception):
-    """Raised by ``_ParseOnlyCLI`` once the arguments are parsed, before any class is built."""
-
-
-class _ParseOnlyCLI(LitMNISTCLI):
-    """The project's CLI, stopped after parsing: its config is the one a ``fit`` would run."""
-
-    def init_parser(self, **kwargs: Any) -> Any:
-        return super().init_parser(**kwargs, exit_on_error=False)
-
-    def before_instantiate_classes(self) -> None:
-        raise _Parsed
-
-
-class _TrialCLI(LitMNISTCLI):
-    """``fit`` for one trial: logged as ``<study>/trial_<n>``, with the trial's callbacks added."""
-
-    def __init__(self, args: list[str], study_name: str, number: int, callbacks: list[L.Callback]) -> None:
-        self._study_name, self._number, self._extra = study_name, number, callbacks
-        super().__init__(args=args)
-
-    def init_parser(self, **kwargs: Any) -> Any:
-        return super().init_parser(**kwargs, exit_on_error=False)
-
-    def parse_arguments(self, parser: Any, args: Any) -> None:
-        super().parse_arguments(parser, args)
-        init_args = self.config.fit.trainer.logger.init_args
-        init_args.name, init_args.version = self._study_name, f"trial_{self._number}"
-
-    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks.extend(self._extra)
-        return trainer
-
-
-class _TrialMonitor(L.Callback):
-    """Keeps the trial's best ``metric``, its test accuracy, and fails a trial whose loss is not finite."""
-
-    def __init__(self, metric: str, maximize: bool) -> None:
-        self.metric, self.maximize = metric, maximize
-        self.best: float | None = None
-        self.test_acc: float | None = None
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *_: Any
-    ) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor) and not bool(loss.detach().isfinite().all()):
-            raise LitMNISTError(f"the training loss became {float(loss)} at epoch {trainer.current_epoch}.")
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        loss = trainer.callback_metrics.get("val/loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            raise LitMNISTError(f"the validation loss became {float(loss)} at epoch {trainer.current_epoch}.")
-        value = trainer.callback_metrics.get(self.metric)
-        if value is None:
-            raise LitMNISTError(f"--metric {self.metric} is not a logged metric (try val/acc or val/loss).")
-        value = float(value)
-        if self.best is None or (value > self.best if self.maximize else value < self.best):
-            self.best = value
-
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        acc = trainer.callback_metrics.get("test/acc")
-        self.test_acc = None if acc is None else float(acc)
+    search: Path
+    n_trials: PositiveInt | None = None
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["median", "none"] = "median"
+    n_startup_trials: NonNegativeInt = 5
+    storage: str | None = None
+    study_name: str | None = None
+    timeout: PositiveFloat | None = None
+    metric: str = "val/acc"
+    direction: Literal["maximize", "minimize"] | None = None
+    seed: int | None = None
+    heartbeat_interval: PositiveInt = 10
 
 
 # --------------------------------------------------------------------------------------------- space
 
 
-def load_space(path: str | Path) -> dict[str, Param]:
-    """Read a search-space file, or raise ``LitMNISTError`` naming what is wrong with it.
-
-    Args:
-        path: a YAML mapping from dotted CLI keys to ``{type: float|int, low, high[, log, step]}``,
-            ``{type: categorical, choices: [...]}`` or ``{type: grid, values: [...]}``.
-    """
-    path = Path(path)
+def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The entries of the search-space file ``path``, or ``LitMNISTError`` saying what is wrong."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(Path(path).read_text())
     except OSError as err:
         raise LitMNISTError(f"Cannot read the search space {path}: {err.strerror}.") from None
     except yaml.YAMLError as err:
@@ -160,556 +103,391 @@ def load_space(path: str | Path) -> dict[str, Param]:
         ) from None
     if not isinstance(raw, dict) or not raw:
         raise LitMNISTError(f"The search space {path} is empty: give at least one key: {{type: ..., ...}}.")
-    return {str(key): _param(path, str(key), spec) for key, spec in raw.items()}
+    for key, spec in raw.items():
+        problem = _problem(spec)
+        if problem:
+            raise LitMNISTError(f"{path}: {key} {problem}.")
+    return {str(key): spec for key, spec in raw.items()}
 
 
-def _param(path: Path, key: str, spec: Any) -> Param:
-    where = f"{path}: {key}"
-    if not isinstance(spec, dict) or spec.get("type") not in TYPES:
-        raise LitMNISTError(f"{where} needs a mapping with type: one of {', '.join(TYPES)}.")
-    kind = spec["type"]
-    unknown = sorted(set(spec) - FIELDS[kind])
+def _problem(spec: Any) -> str | None:
+    """What is wrong with one search-space entry, if anything."""
+    if not isinstance(spec, dict) or spec.get("type") not in FIELDS:
+        return f"needs a mapping with type: one of {', '.join(FIELDS)}"
+    kind, unknown = spec["type"], sorted(set(spec) - FIELDS[spec["type"]])
     if unknown:
-        raise LitMNISTError(f"{where} has {', '.join(unknown)}, which a {kind} entry does not take.")
+        return f"has {', '.join(unknown)}, which a {kind} entry does not take"
     if kind in ("categorical", "grid"):
         field = "choices" if kind == "categorical" else "values"
-        values = spec.get(field)
-        if not isinstance(values, list) or not values:
-            raise LitMNISTError(f"{where} needs a non-empty list of {field}.")
-        return Param(key, "categorical", choices=tuple(_optuna_choice(v) for v in values))
-    number = float if kind == "float" else int
-    bounds = {}
+        return (
+            None
+            if isinstance(spec.get(field), list) and spec[field]
+            else f"needs a non-empty list of {field}"
+        )
     for field in ("low", "high"):
         value = spec.get(field)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or (number is int and not float(value).is_integer())
-        ):
-            raise LitMNISTError(
-                f"{where} needs {field}: a {'number' if number is float else 'whole number'}."
-            )
-        bounds[field] = number(value)
-    low, high = bounds["low"], bounds["high"]
+        if isinstance(value, bool) or not isinstance(value, int if kind == "int" else int | float):
+            return f"needs {field}: a {'whole number' if kind == 'int' else 'number'}"
+    low, high, step, log = spec["low"], spec["high"], spec.get("step"), spec.get("log")
     if low >= high:
-        raise LitMNISTError(f"{where} has an empty or inverted range: low {low} must be below high {high}.")
-    log, step = bool(spec.get("log", False)), spec.get("step")
+        return f"has an empty or inverted range: low {low} must be below high {high}"
     if log and low <= 0:
-        raise LitMNISTError(f"{where} has log: true, which needs low above 0 (got {low}).")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
-        raise LitMNISTError(f"{where} needs step: a number above 0.")
-    if step is not None and log:
-        raise LitMNISTError(f"{where} has both log and step, which Optuna does not combine.")
-    return Param(key, kind, low, high, log, None if step is None else number(step))
+        return f"has log: true, which needs low above 0 (got {low})"
+    if step is not None and (isinstance(step, bool) or not isinstance(step, type(low) | int) or step <= 0):
+        return f"needs step: a {'whole number' if kind == 'int' else 'number'} above 0"
+    return "has both log and step, which Optuna does not combine" if step and log else None
 
 
-def _optuna_choice(value: Any) -> Any:
-    """A choice Optuna can store: scalars as they are, lists and mappings as their JSON text."""
-    return value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value)
+def values_of(spec: dict[str, Any]) -> list[Any]:
+    """A categorical or grid entry's values as written ([] for a range)."""
+    return spec.get("choices", spec.get("values", []))
 
 
-def cli_value(value: Any) -> str:
-    """A sampled value as a command-line value jsonargparse reads back (strings as they are)."""
-    return value if isinstance(value, str) else json.dumps(value)
+def choices(spec: dict[str, Any]) -> list[Any]:
+    """``values_of(spec)`` as Optuna stores them: lists and mappings as their JSON text."""
+    return [v if isinstance(v, bool | int | float | str | None) else json.dumps(v) for v in values_of(spec)]
 
 
-def grid_space(space: dict[str, Param]) -> dict[str, list[Any]]:
-    """The grid ``GridSampler`` walks: choices, or every step of an int range; floats are refused."""
+def grid_space(space: dict[str, dict[str, Any]]) -> dict[str, list[Any]]:
+    """The grid ``GridSampler`` walks: the choices, or every step of an int range (not float ranges)."""
     grid = {}
-    for p in space.values():
-        if p.kind == "categorical":
-            grid[p.key] = list(p.choices)
-        elif p.kind == "int" and not p.log:
-            grid[p.key] = list(range(int(p.low), int(p.high) + 1, int(p.step or 1)))
-        else:
+    for key, spec in space.items():
+        if spec["type"] == "float" or spec.get("log"):
             raise LitMNISTError(
-                f"--sampler grid cannot walk the {p.kind} range {p.key}: "
+                f"--sampler grid cannot walk the {spec['type']} range {key}: "
                 "give it {type: grid, values: [...]}."
             )
+        steps = spec["type"] == "int" and range(spec["low"], spec["high"] + 1, spec.get("step") or 1)
+        grid[key] = list(steps) if steps else choices(spec)
     return grid
 
 
-def suggest(trial: optuna.Trial, space: dict[str, Param]) -> dict[str, Any]:
-    """The trial's value for every key of the space."""
+def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The trial's value of every key, as Optuna stores it (``choices``)."""
     values = {}
-    for p in space.values():
-        if p.kind == "float":
-            values[p.key] = trial.suggest_float(p.key, p.low, p.high, log=p.log, step=p.step)
-        elif p.kind == "int":
-            values[p.key] = trial.suggest_int(
-                p.key, int(p.low), int(p.high), log=p.log, step=int(p.step or 1)
-            )
+    for key, s in space.items():
+        if s["type"] in ("float", "int"):
+            number = trial.suggest_float if s["type"] == "float" else trial.suggest_int
+            step = s.get("step") or (1 if s["type"] == "int" else None)
+            values[key] = number(key, s["low"], s["high"], log=bool(s.get("log")), step=step)
         else:
-            values[p.key] = trial.suggest_categorical(p.key, list(p.choices))
+            values[key] = trial.suggest_categorical(key, choices(s))
     return values
 
 
-def overrides(values: dict[str, Any]) -> list[str]:
-    """``--key=value`` arguments setting a trial's values."""
-    return [f"--{key}={cli_value(value)}" for key, value in values.items()]
+def fit_values(space: dict[str, dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's values of the space's keys as ``fit`` takes them (JSON-text choices decoded)."""
+    decoded = {key: dict(zip(choices(s), values_of(s), strict=True)) for key, s in space.items()}
+    return {key: decoded[key].get(params[key], params[key]) for key in space}
 
 
-# --------------------------------------------------------------------------------------------- config
+def text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
-def parse_fit(fit_args: Sequence[str]) -> tuple[Namespace, Any]:
-    """The config ``fit`` would run with ``fit_args`` (nothing built), and its parser."""
-    cli = None
-    try:
-        cli = _ParseOnlyCLI.__new__(_ParseOnlyCLI)
-        cli.__init__(args=["fit", *fit_args])
-    except _Parsed:
-        return cli.config, cli.parser
-    except argparse.ArgumentError as err:
-        raise LitMNISTError(f"fit refuses these arguments: {_reason(str(err))}") from None
-    raise AssertionError("unreachable: _ParseOnlyCLI always stops")
+def shown(values: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={text(value)}" for key, value in values.items())
 
 
-def _reason(message: str) -> str:
-    """The line of a jsonargparse error that says what is wrong, as one sentence."""
-    skip = ("Does not validate", "Subtypes", "Errors", "Given value", "- Expected a <class 'NoneType'>")
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(skip)]
-    text = " ".join(useful[-2:] if useful and useful[-1].startswith(("Expected", "Option")) else useful[-1:])
-    text = text.lstrip("- ").rstrip(".:")
-    return f"{text}." if text else "invalid arguments."
+# --------------------------------------------------------------------------------------------- fit
 
 
-def check_space(space: dict[str, Param], config: Namespace, search: str | Path) -> None:
-    """Refuse, naming it, a key that is no option of ``fit`` (or of the class its config names).
+class TuneCLI(LitMNISTCLI):
+    """``fit``'s options and ``Options`` in one parser (LightningCLI's ``run=False``); it builds nothing."""
 
-    A class's options may be named with or without ``init_args`` (``data.batch_size``), as on the
-    command line.
-    """
-    for key in space:
-        node: Any = config.fit
-        owner: Namespace | None = None  # the class (class_path + init_args) whose options we are in
-        done: list[str] = []
-        for part in key.split("."):
-            if isinstance(node, Namespace) and isinstance(node.get("init_args"), Namespace):
-                owner = node
-                if part != "init_args":
-                    node = node.init_args
-                    done.append("init_args")
-            if isinstance(node, Namespace) and part in vars(node):
-                node = node[part]
-                done.append(part)
-                continue
-            if owner is not None and node is owner.init_args:
-                options = ", ".join(vars(owner.init_args))
+    def init_parser(self, **kwargs: Any) -> Any:
+        return super().init_parser(**{**kwargs, "prog": "lit_mnist tune", "description": __doc__})
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_class_arguments(Options)
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # seed_everything is for every trial's fit to apply; this process has nothing to seed.
+        self.trial_seed, self.config.seed_everything = self.config.seed_everything, False
+
+    def instantiate_classes(self) -> None:
+        self.config.seed_everything = self.trial_seed
+
+
+class TrialCLI(LitMNISTCLI):
+    """The ``fit`` of one trial, with the trial's callbacks (which hold the trial, so no config can)."""
+
+    def __init__(self, config: Namespace, callbacks: list[L.Callback]) -> None:
+        self.trial_callbacks = callbacks
+        super().__init__(args={"fit": config})
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.extend(self.trial_callbacks)
+        return trainer
+
+
+def config_path(key: str, config: Namespace, search: Path) -> str:
+    """``key``'s place in the fit config, where ``init_args`` may be left out as on the command line."""
+    node, path, owner = config, [], None
+    for part in key.split("."):
+        if isinstance(node, Namespace) and "class_path" in node:
+            owner = node
+            if part != "init_args":
+                node, path = node.get("init_args") or Namespace(), [*path, "init_args"]
+        if not isinstance(node, Namespace) or part not in vars(node):
+            if owner is not None and node is owner.get("init_args"):
+                takes = ", ".join(vars(node))
                 raise LitMNISTError(
-                    f"{search}: {key} is not an option of {owner.class_path} (it takes {options})."
-                )
-            if done and not isinstance(node, Namespace):
-                raise LitMNISTError(
-                    f"{search}: {key} is not a fit option: {'.'.join(done)} is {node!r} in this config, "
-                    "with no options of its own."
+                    f"{search}: {key} is not an option of {owner.class_path} (it takes {takes})."
                 )
             raise LitMNISTError(f"{search}: {key} is not a fit option.")
+        node, path = node[part], [*path, part]
+    return ".".join(path)
 
 
-def check_values(fit_args: Sequence[str], space: dict[str, Param], search: str | Path) -> None:
-    """Parse ``fit`` with each key at its bounds or choices, so a value fit refuses stops the study now."""
-    for p in space.values():
-        samples = p.choices if p.kind == "categorical" else (p.low, p.high)
-        for value in samples:
-            if p.kind == "int":
-                value = int(value)
+class Search:
+    """A search checked against fit's config before any trial: its options, space and trials' configs.
+
+    Args:
+        args: The command line after ``tune``.
+    """
+
+    def __init__(self, args: Sequence[str]) -> None:
+        cli = TuneCLI(args=list(args), run=False)
+        self.config, self.parser = cli.config, cli.parser
+        self.options = o = Options(**{f.name: self.config[f.name] for f in fields(Options)})
+        self.space = load_space(o.search)
+        logger = self.config.trainer.logger
+        logger = logger.get("init_args") if isinstance(logger, Namespace) else None
+        if not isinstance(logger, Namespace) or not {"save_dir", "name", "version"} <= set(vars(logger)):
+            raise LitMNISTError(
+                "tune logs every trial with TensorBoard: leave --trainer.logger at its default."
+            )
+        self.paths = {key: config_path(key, self.config, o.search) for key in self.space}
+        for key, spec in self.space.items():
+            for value in values_of(spec) or [spec["low"], spec["high"]]:
+                self.check(key, value)
+        self.grid = grid_space(self.space) if o.sampler == "grid" else None
+        self.n_trials = min(
+            o.n_trials or 20, math.prod(map(len, self.grid.values())) if self.grid else math.inf
+        )
+        o.direction = o.direction or ("minimize" if o.metric.endswith("loss") else "maximize")
+        model = self.config.model.get("class_path") if isinstance(self.config.model, Namespace) else None
+        o.study_name = o.study_name or f"tune_{run_name(self.config.get('config') or [], model)}"
+        self.study_dir = Path(logger.save_dir) / o.study_name
+
+    def check(self, key: str, value: Any) -> None:
+        """Refuse, in one sentence, a value of ``key`` that fit's parser refuses."""
+        config = self.config.clone()
+        config[self.paths[key]] = value
+        try:
+            self.parser.validate(config)
+        except (TypeError, ValueError, KeyError) as err:
+            lines = [line.strip(" -") for line in str(err).splitlines() if "Expected" in line] or ["invalid."]
+            reason = next((line for line in lines if line.startswith("Expected a <")), lines[-1])
+            raise LitMNISTError(
+                f"{self.options.search}: {key} = {text(value)} is refused by fit: {reason}"
+            ) from None
+
+    def fit_config(self, params: dict[str, Any], name: str, version: str | None) -> Namespace:
+        """The ``fit`` config of a trial's ``params``, logging to ``name/version`` and checkpointing the best
+        by ``--metric``."""
+        fit = self.config.clone()
+        for field in ("config", *(f.name for f in fields(Options))):
+            fit.pop(field, None)
+        for key, value in fit_values(self.space, params).items():
+            fit[self.paths[key]] = value
+        fit["trainer.logger.init_args.name"], fit["trainer.logger.init_args.version"] = name, version
+        mode = "max" if self.options.direction == "maximize" else "min"
+        fit["checkpoint.monitor"], fit["checkpoint.mode"] = self.options.metric, mode
+        return fit
+
+    def objective(self, trial: Any) -> float:
+        """Fit one trial; its best metric is the best checkpoint's. Seconds, test accuracy and error go to the
+        study."""
+        from optuna import TrialPruned
+        from optuna_integration import PyTorchLightningPruningCallback
+
+        o, values = self.options, suggest(trial, self.space)
+        print(f"\n=== Trial {trial.number} of study {o.study_name}: {shown(values)}", flush=True)
+        pruning = [PyTorchLightningPruningCallback(trial, o.metric)] if o.pruner == "median" else []
+        config = self.fit_config(values, o.study_name, f"trial_{trial.number}")
+        start, error = time.monotonic(), None
+        try:
+            fit = TrialCLI(config, pruning)
+        except TrialPruned as err:
+            error = str(err)
+            raise
+        except (KeyboardInterrupt, SystemExit):  # Lightning ends a fit on Ctrl-C with SystemExit
+            error = "interrupted (Ctrl-C)."
+            raise KeyboardInterrupt from None
+        except Exception as err:
+            first = (str(err).strip().splitlines() or [""])[0]
+            error = (user_message(err) or f"{type(err).__name__}: {first}").splitlines()[0]
+            print(f"Trial {trial.number} failed: {error}", flush=True)
+            raise
+        finally:
+            trial.set_user_attr("seconds", round(time.monotonic() - start, 1))
+            if error is not None:
+                trial.set_user_attr("error", error)
+        if "test/acc" in fit.trainer.callback_metrics:
+            trial.set_user_attr("test/acc", float(fit.trainer.callback_metrics["test/acc"]))
+        score = fit.trainer.checkpoint_callback.best_model_score
+        if score is None:
+            raise LitMNISTError(f"no validation logged {o.metric}.")
+        return float(score)
+
+    def run(self) -> None:
+        """Create or resume the study, run trials until ``n_trials`` have finished, and report."""
+        try:
+            import optuna  # only here: Optuna is an optional extra
+        except ImportError:
+            raise LitMNISTError("tune needs Optuna: pip install 'lit_mnist[tune]'.") from None
+        from optuna.trial import TrialState
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # tune says how each trial ended itself
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
+        o, journal = self.options, self.study_dir / "journal.log"
+
+        def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            what = "was left running by a process that stopped: marked failed. It runs again."
+            print(f"Trial {trial.number} {what}")
+            optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
+
+        storage = open_storage(o.storage, journal, o.heartbeat_interval, on_stale)
+        samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+        grid = self.grid and optuna.samplers.GridSampler(self.grid, o.seed)
+        sampler = grid or samplers[o.sampler](seed=o.seed)
+        median = o.pruner == "median"
+        pruner = optuna.pruners.MedianPruner(o.n_startup_trials) if median else optuna.pruners.NopPruner()
+        study = optuna.create_study(
+            storage=storage, sampler=sampler, pruner=pruner, study_name=o.study_name, direction=o.direction,
+            load_if_exists=True,
+        )  # fmt: skip
+        where = o.storage or str(journal)
+        check_settings(study, {"--metric": o.metric, "--direction": o.direction, **self.space}, where)
+        optuna.storages.fail_stale_trials(study)
+        counted = (TrialState.COMPLETE, TrialState.PRUNED)
+        finished = len(study.get_trials(deepcopy=False, states=counted))
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        print(
+            f"Study {o.study_name} in {where}: {self.n_trials} trials ({finished} finished), {o.sampler} "
+            f"sampler, {o.metric} ({o.direction}); trials log to {self.study_dir}/trial_<n>/"
+        )
+        interrupted = False
+        if finished < self.n_trials and not (grid and grid.is_exhausted(study) and not waiting):
             try:
-                parse_fit([*fit_args, *overrides({p.key: value})])
-            except LitMNISTError as err:
-                reason = str(err).removeprefix("fit refuses these arguments: ")
+                study.optimize(
+                    self.objective, n_trials=self.n_trials - finished, timeout=o.timeout, catch=(Exception,),
+                    callbacks=[optuna.study.MaxTrialsCallback(self.n_trials, states=counted)],
+                )  # fmt: skip
+            except KeyboardInterrupt:
+                interrupted = True
+                print("\nInterrupted: the running trial is marked failed.", flush=True)
+        self.report(study, interrupted)
+        if interrupted:
+            raise SystemExit(130)
+
+    def report(self, study: Any, interrupted: bool) -> None:
+        """Print the trials, write ``trials.csv`` and the best trial's ``best.yaml``; no trial complete is an
+        error (unless the study was interrupted) that names the most common failure."""
+        o = self.options
+        header, rows = results_rows(study, list(self.space), o.metric)
+        print(f"\nStudy {o.study_name}: {len(rows)} trials")
+        print_table(header, rows)
+        self.study_dir.mkdir(parents=True, exist_ok=True)
+        with (self.study_dir / "trials.csv").open("w", newline="") as f:
+            csv.writer(f).writerows([header, *rows])
+        print(f"Wrote {self.study_dir / 'trials.csv'}")
+        if not any(row[header.index("state")] == "COMPLETE" for row in rows):
+            errors = Counter(row[-1] for row in rows if row[-1]).most_common(1)
+            why = (
+                f"; the most common failure ({errors[0][1]} of {len(rows)}): {errors[0][0]}"
+                if errors
+                else "."
+            )
+            if not interrupted:
                 raise LitMNISTError(
-                    f"{search}: {p.key} = {cli_value(value)} is refused by fit: {reason}"
-                ) from None
+                    f"No trial of study {o.study_name} completed, so there is no best.yaml{why}"
+                )
+            return
+        best, path = study.best_trial, self.study_dir / "best.yaml"
+        config = self.fit_config(best.params, f"{o.study_name}-best", None)
+        header = f"# The best trial of study {o.study_name}: python -m lit_mnist fit --config {path}\n"
+        path.write_text(header + self.parser.dump(config, skip_validation=True))
+        print(f"Best trial {best.number}: {o.metric} {best.value:.4f} with {shown(best.params)}")
+        if "test/acc" in best.user_attrs:
+            print(f"Best trial's test accuracy {100 * best.user_attrs['test/acc']:.2f} %")
+        print(f"Wrote {path}: python -m lit_mnist fit --config {path}")
 
 
 # --------------------------------------------------------------------------------------------- study
 
 
-def open_rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage at ``url``, retried while another process creates the same tables.
+def open_storage(url: str | None, journal: Path, heartbeat_interval: int, on_stale: Any) -> Any:
+    """The journal file, or the RDB storage at ``url`` with a connect timeout; both with heartbeats."""
+    import optuna
+    import sqlalchemy
 
-    Processes started together on an empty database race to create Optuna's tables, and the
-    losers get a unique-key or "already exists" error from the database; by the next attempt the
-    tables are there.
-    """
-    import sqlalchemy.exc
-
-    error: Exception | None = None
-    for attempt in range(attempts):
-        try:
-            with (
-                warnings.catch_warnings()
-            ):  # the heartbeat is chosen knowingly (a dead machine's trial fails)
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as err:
-            error = err  # the tables may be half created by another process: try again
-            time.sleep(0.2 * (attempt + 1))
-        except Exception as err:
-            error = err
-            break
-    raise LitMNISTError(f"Cannot open the storage {url}: {str(error).splitlines()[0]}")
-
-
-def open_study(args: argparse.Namespace, study_dir: Path) -> tuple[optuna.Study, Any, str]:
-    """Create or load the study; returns it, the storage object, and where it lives."""
-    if args.storage:
-        storage: Any = open_rdb_storage(args.storage)
-        where = args.storage
-    else:
-        study_dir.mkdir(parents=True, exist_ok=True)
-        journal = study_dir / "journal.log"
-        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-        where = str(journal)
-    if args.sampler in ("grid", "random"):
-        # The grid is enqueued as fixed trials (``enqueue_grid``); Optuna's GridSampler stops the
-        # study from inside ``tell``, which only works under ``Study.optimize``.
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=args.seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=args.seed)
-    if args.pruner == "median":
-        pruner: optuna.pruners.BasePruner = optuna.pruners.MedianPruner(
-            n_startup_trials=args.n_startup_trials
+    beats = {"heartbeat_interval": heartbeat_interval, "grace_period": 2 * heartbeat_interval}
+    if url is None:
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        return journal_storage_with_heartbeat(str(journal), **beats, stale_trial_callback=on_stale)
+    shown_url, error = url, None
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+        shown_url = parsed.render_as_string(hide_password=True)
+        remote = parsed.get_backend_name() in ("postgresql", "mysql", "mariadb")
+        timeout = (
+            {"connect_timeout": CONNECT_TIMEOUT_S} if remote and "connect_timeout" not in parsed.query else {}
         )
-    else:
-        pruner = optuna.pruners.NopPruner()
-    study = optuna.create_study(
-        storage=storage,
-        sampler=sampler,
-        pruner=pruner,
-        study_name=args.study_name,
-        direction=args.direction,
-        load_if_exists=True,
-    )
-    if study.direction.name.lower() != args.direction:
-        raise LitMNISTError(
-            f"The study {args.study_name} in {where} was created to {study.direction.name.lower()}, "
-            f"not {args.direction}: pass the same --direction or another --study_name."
-        )
-    return study, storage, where
-
-
-@contextlib.contextmanager
-def ask_lock(storage_url: str | None, study_dir: Path, study_name: str) -> Iterator[None]:
-    """Serialise "count the trials, then start one" between processes sharing the study.
-
-    A lock file beside the study on one machine (Optuna's ``JournalFileOpenLock``, which breaks a
-    lock left by a killed process after its grace period), a PostgreSQL advisory lock across
-    machines; other RDB servers get no lock, so their processes may together run a trial more.
-    """
-    if storage_url and storage_url.startswith("postgresql"):
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(storage_url, poolclass=sqlalchemy.pool.NullPool)
-        with engine.connect() as conn:
-            key = sqlalchemy.text("SELECT hashtext(:name)")
-            lock_id = conn.execute(key, {"name": f"lit_mnist.tune:{study_name}"}).scalar()
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})
+        for attempt in range(5):
             try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
-        engine.dispose()
-        return
-    if storage_url and not storage_url.startswith("sqlite"):
-        yield
-        return
-    study_dir.mkdir(parents=True, exist_ok=True)
-    lock = optuna.storages.journal.JournalFileOpenLock(str(study_dir / "ask"), grace_period=30)
-    lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def enqueue_grid(study: optuna.Study, grid: dict[str, list[Any]]) -> None:
-    """Queue every grid point not already in the study (resumed or shared studies add nothing twice)."""
-    keys = list(grid)
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not one "already exists" line per point
-    try:
-        for combo in itertools.product(*(grid[k] for k in keys)):
-            study.enqueue_trial(dict(zip(keys, combo, strict=True)), skip_if_exists=True)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-
-
-def fail_dead_trials(study: optuna.Study, storage: Any) -> None:
-    """Mark failed the running trials whose process on this machine no longer exists, and stale RDB ones."""
-    if isinstance(storage, optuna.storages.RDBStorage):
-        optuna.storages.fail_stale_trials(study)
-    host = socket.gethostname()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") != host or not isinstance(pid, int) or _alive(pid):
-            continue
-        trial_id = storage.get_trial_id_from_study_id_trial_number(
-            storage.get_study_id_from_name(study.study_name), t.number
-        )
-        storage.set_trial_user_attr(trial_id, "error", f"its process (pid {pid}) stopped mid-trial.")
-        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        print(f"Trial {t.number} was left running by a process that stopped: marked failed.")
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (a child killed but not yet reaped) still answers kill(0).
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    return True
-
-
-@contextlib.contextmanager
-def heartbeat(storage: Any, study: optuna.Study, number: int) -> Iterator[None]:
-    """Record an RDB storage's heartbeat for the running trial, so other machines can tell it is alive."""
-    if not isinstance(storage, optuna.storages.RDBStorage):
-        yield
-        return
-    trial_id = storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(study.study_name), number
-    )
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            storage.record_heartbeat(trial_id)
-            if stop.wait(HEARTBEAT_S):
-                return
-
-    thread = threading.Thread(target=beat, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-def one_sentence(err: BaseException) -> str:
-    """What went wrong in a trial, in one line."""
-    ours = user_message(err)
-    if ours is not None:
-        return ours
-    if isinstance(err, argparse.ArgumentError):
-        return f"fit refused its arguments: {_reason(str(err))}"
-    text = (str(err).strip().splitlines() or [""])[0]
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-def run_trial(
-    study: optuna.Study, storage: Any, trial: optuna.Trial, args: argparse.Namespace
-) -> tuple[TrialState, float | None]:
-    """Fit one trial; returns its final state and value (the state is told to the study here)."""
-    values = suggest(trial, args.space)
-    shown = ", ".join(f"{k}={cli_value(v)}" for k, v in values.items())
-    print(f"\n=== Trial {trial.number} of study {args.study_name}: {shown}", flush=True)
-    monitor = _TrialMonitor(args.metric, args.direction == "maximize")
-    callbacks: list[L.Callback] = [monitor]
-    if args.pruner != "none":
-        from optuna_integration import PyTorchLightningPruningCallback
-
-        callbacks.append(PyTorchLightningPruningCallback(trial, monitor=args.metric))
-    state, value = TrialState.FAIL, None
-    start = time.monotonic()
-    try:
-        with heartbeat(storage, study, trial.number):
-            _TrialCLI(["fit", *args.fit_args, *overrides(values)], args.study_name, trial.number, callbacks)
-    except optuna.TrialPruned as err:
-        state = TrialState.PRUNED
-        trial.set_user_attr("error", str(err))
-    except (KeyboardInterrupt, SystemExit):
-        trial.set_user_attr("error", "interrupted (Ctrl-C).")
-        trial.set_user_attr("seconds", round(time.monotonic() - start, 1))
-        study.tell(trial, state=TrialState.FAIL)
-        raise KeyboardInterrupt from None
+                return optuna.storages.RDBStorage(
+                    url, {"connect_args": timeout}, heartbeat_stale_trial_callback=on_stale, **beats
+                )
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as err:
+                error = err  # processes starting together race to create Optuna's tables: try again
+                time.sleep(0.2 * (attempt + 1))
     except Exception as err:
-        message = one_sentence(err)
-        trial.set_user_attr("error", message)
-        print(f"Trial {trial.number} failed: {message}", flush=True)
-    else:
-        if monitor.best is None:
-            trial.set_user_attr("error", f"no validation logged {args.metric}.")
-        else:
-            state, value = TrialState.COMPLETE, monitor.best
-    if monitor.test_acc is not None:
-        trial.set_user_attr("test/acc", monitor.test_acc)
-    trial.set_user_attr("seconds", round(time.monotonic() - start, 1))
-    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
-    return state, value
+        error = err
+    raise LitMNISTError(f"Cannot open the storage {shown_url}: {str(error).strip().splitlines()[0]}")
 
 
-# --------------------------------------------------------------------------------------------- results
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)
-
-
-def results_rows(
-    study: optuna.Study, space: dict[str, Param], metric: str
-) -> tuple[list[str], list[list[Any]]]:
-    """The table of trials: number, parameters, metric, state, seconds, test accuracy, error."""
-    header = ["number", *space, metric, "state", "seconds", "test/acc", "error"]
-    rows = []
-    for t in study.get_trials(deepcopy=False, states=STARTED):
-        rows.append(
-            [
-                t.number,
-                *(t.params.get(k) for k in space),
-                t.value,
-                t.state.name,
-                t.user_attrs.get("seconds"),
-                t.user_attrs.get("test/acc"),
-                t.user_attrs.get("error", ""),
-            ]
+def check_settings(study: Any, settings: dict[str, Any], where: str) -> None:
+    """Keep ``settings`` with a new study; for an existing one, refuse others, naming what differs."""
+    settings, stored = json.loads(json.dumps(settings)), study.user_attrs.get("lit_mnist:search")
+    if stored is None:
+        study.set_user_attr("lit_mnist:search", settings)
+        return
+    differ = sorted(key for key in stored.keys() | settings.keys() if stored.get(key) != settings.get(key))
+    if differ:
+        raise LitMNISTError(
+            f"The study {study.study_name} in {where} was run with another {', '.join(differ)}: run it with "
+            "the same search space, --metric and --direction, or start a new study with --study_name NAME."
         )
-    return header, rows
+
+
+def results_rows(study: Any, keys: Sequence[str], metric: str) -> tuple[list[str], list[list[Any]]]:
+    """The table of trials; its parameter columns are ``keys`` and any other a trial of the study has."""
+    trials = study.get_trials(deepcopy=False)
+    params = list(dict.fromkeys([*keys, *(k for t in trials for k in t.params)]))
+    rows = []
+    for t in trials:
+        error = t.user_attrs.get("error", "its process stopped mid-trial." if t.state.name == "FAIL" else "")
+        attrs = t.user_attrs.get("seconds"), t.user_attrs.get("test/acc")
+        rows.append([t.number, *(t.params.get(k) for k in params), t.value, t.state.name, *attrs, error])
+    return ["number", *params, metric, "state", "seconds", "test/acc", "error"], rows
 
 
 def print_table(header: list[str], rows: list[list[Any]]) -> None:
-    cells = [header, *[[_fmt(v) for v in row] for row in rows]]
+    cells = [
+        header,
+        *[["" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in r] for r in rows],
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    print("\n".join(lines))
+    print("\n".join([lines[0], "|" + "|".join("-" * (w + 2) for w in widths) + "|", *lines[1:]]))
 
 
-def write_best(config: Namespace, parser: Any, path: Path, study_name: str) -> None:
-    """``best.yaml``: the full ``fit`` config of the best parameters, logging to ``<study>-best``."""
-    text = parser.dump(config, skip_none=False)
-    fit = yaml.safe_load(text)["fit"]
-    fit.pop("config", None)
-    logger = fit.get("trainer", {}).get("logger")
-    if isinstance(logger, dict) and isinstance(logger.get("init_args"), dict):
-        logger["init_args"]["name"], logger["init_args"]["version"] = f"{study_name}-best", None
-    header = f"# The best trial of study {study_name}: python -m lit_mnist fit --config {path}\n"
-    path.write_text(header + yaml.safe_dump(fit, sort_keys=False))
-
-
-def report(args: argparse.Namespace, study: optuna.Study, study_dir: Path) -> None:
-    """Print the trials, write ``trials.csv`` and ``best.yaml``, and print the best trial."""
-    header, rows = results_rows(study, args.space, args.metric)
-    print(f"\nStudy {args.study_name}: {len(rows)} trials")
-    print_table(header, rows)
-    study_dir.mkdir(parents=True, exist_ok=True)
-    with (study_dir / "trials.csv").open("w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
-    print(f"Wrote {study_dir / 'trials.csv'}")
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    if not complete:
-        print("No trial completed: no best.yaml.")
-        return
-    best = study.best_trial
-    config, parser = parse_fit([*args.fit_args, *overrides(best.params)])
-    write_best(config, parser, study_dir / "best.yaml", args.study_name)
-    shown = ", ".join(f"{k}={cli_value(v)}" for k, v in best.params.items())
-    print(f"Best trial {best.number}: {args.metric} {best.value:.4f} with {shown}")
-    acc = best.user_attrs.get("test/acc")
-    if acc is not None:
-        print(f"Best trial's test accuracy {100 * acc:.2f} %")
-    print(f"Wrote {study_dir / 'best.yaml'}: python -m lit_mnist fit --config {study_dir / 'best.yaml'}")
-
-
-# --------------------------------------------------------------------------------------------- main
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(
-        prog="lit_mnist tune",
-        description=(
-            "Search hyper-parameters with Optuna; each trial is a fit. Every argument tune does not "
-            "know (--config, --trainer.max_epochs, ...) is passed to every trial's fit."
-        ),
-    )
-    parser.add_argument("--search", required=True, help="search-space YAML (configs/search/*.yaml)")
-    parser.add_argument(
-        "--n_trials", type=int, help="trials in the study, all processes together (default 20)"
-    )
-    parser.add_argument("--sampler", choices=SAMPLERS, default="tpe")
-    parser.add_argument("--pruner", choices=PRUNERS, default="median")
-    parser.add_argument(
-        "--n_startup_trials",
-        type=int,
-        default=5,
-        help="the median pruner prunes no trial before this many have finished (5)",
-    )
-    parser.add_argument(
-        "--storage", help="an RDB URL (sqlite:///..., postgresql://...); default a journal file"
-    )
-    parser.add_argument("--study_name", help="default: tune_<config name>")
-    parser.add_argument("--timeout", type=float, help="start no trial after this many seconds")
-    parser.add_argument("--metric", default="val/acc")
-    parser.add_argument("--direction", choices=("maximize", "minimize"), default=None)
-    parser.add_argument("--seed", type=int, help="the sampler's seed (default: random)")
-    return parser
-
-
-def main(argv: Sequence[str]) -> None:
-    """``python -m lit_mnist tune ARGS``: errors the user can fix raise ``LitMNISTError``."""
-    if any(a in ("-h", "--help") for a in argv):
-        build_parser().print_help()
-        return
-    args, fit_args = build_parser().parse_known_args(list(argv))
-    if args.n_trials is not None and args.n_trials < 1:
-        raise LitMNISTError(f"--n_trials must be 1 or more, got {args.n_trials}.")
-    if args.n_startup_trials < 0:
-        raise LitMNISTError(f"--n_startup_trials must be 0 or more, got {args.n_startup_trials}.")
-    if args.timeout is not None and args.timeout <= 0:
-        raise LitMNISTError(f"--timeout must be above 0 seconds, got {args.timeout}.")
-    args.direction = args.direction or ("minimize" if args.metric.endswith("loss") else "maximize")
-    args.fit_args = fit_args
-    args.space = load_space(args.search)
-    config, _ = parse_fit(fit_args)
-    logger = config.fit.trainer.logger
-    init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
-    if not isinstance(init_args, Namespace) or not {"save_dir", "name", "version"} <= set(init_args.keys()):
-        raise LitMNISTError("tune logs every trial with TensorBoard: leave --trainer.logger at its default.")
-    check_space(args.space, config, args.search)
-    check_values(fit_args, args.space, args.search)
-    args.grid = grid_space(args.space) if args.sampler == "grid" else None
-    n_trials = args.n_trials or 20
-    if args.grid is not None:
-        size = math.prod(len(v) for v in args.grid.values())
-        if args.n_trials is None or args.n_trials > size:
-            n_trials = size
-    if args.study_name is None:
-        files = config.fit.get("config") or []
-        args.study_name = f"tune_{Path(str(files[0])).stem if files else 'study'}"
-    study_dir = Path(init_args.save_dir) / args.study_name
-    study, storage, where = open_study(args, study_dir)
-    print(
-        f"Study {args.study_name} in {where}: {n_trials} trials, {args.sampler} sampler, {args.metric} "
-        f"({args.direction}); trials log to {study_dir}/trial_<n>/"
-    )
-    start = time.monotonic()
-    interrupted = False
-    try:
-        while args.timeout is None or time.monotonic() - start < args.timeout:
-            with ask_lock(args.storage, study_dir, args.study_name):
-                fail_dead_trials(study, storage)
-                if args.grid is not None:
-                    enqueue_grid(study, args.grid)
-                if len(study.get_trials(deepcopy=False, states=STARTED)) >= n_trials:
-                    break
-                trial = study.ask()
-                trial.set_user_attr("host", socket.gethostname())
-                trial.set_user_attr("pid", os.getpid())
-            run_trial(study, storage, trial, args)
-    except KeyboardInterrupt:
-        interrupted = True
-        print("\nInterrupted: the running trial is marked failed.", file=sys.stderr)
-    report(args, study, study_dir)
-    if interrupted:
-        raise SystemExit(130)
+def main(args: Sequence[str]) -> None:
+    """``python -m lit_mnist tune ARGS``."""
+    Search(args).run()
