@@ -6,12 +6,13 @@ The XLA side itself runs in ``benchmarks/xla_check.py`` (it needs torch-xla, whi
 from __future__ import annotations
 
 import functools
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import REPO, quiet_trainer
+from helpers import REPO, quiet_trainer, run_cli
 
 from lit_mnist import MLP
 from lit_mnist.__main__ import main
@@ -96,3 +97,15 @@ def test_the_xla_checkpoint_writer_saves_cpu_tensors_atomically(tmp_path: Path):
     loaded = torch.load(target, weights_only=True)
     assert loaded["step"] == 3 and torch.equal(loaded["w"], torch.arange(4.0))
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_tpu_yaml_without_torch_xla_is_one_sentence(tmp_path):
+    if importlib.util.find_spec("torch_xla") is not None:
+        pytest.skip("torch-xla is installed here")
+    result = run_cli(
+        "fit", "--config", "configs/scratch.yaml", "--config", "configs/trainer/tpu.yaml",
+        "--trainer.logger.init_args.save_dir", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: Requirement 'torch_xla")
+    assert "Traceback" not in result.stderr
