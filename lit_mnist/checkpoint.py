@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins.io import TorchCheckpointIO
+from lightning.fabric.plugins.io import TorchCheckpointIO, XLACheckpointIO
+from lightning.fabric.utilities import move_data_to_device
 
 from lit_mnist.errors import LitMNISTError
 from lit_mnist.internals import saved_class_path
@@ -55,6 +56,24 @@ def import_class_path(class_path: str) -> Any:
         return None
 
 
+def _save_atomically(checkpoint: dict[str, Any], path: Any) -> None:
+    """``torch.save`` into a file beside ``path``, flushed to disk and renamed over ``path``."""
+    target = Path(path)
+    partial = target.with_name(f".{target.name}.partial")
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with partial.open("wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, target)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(target)) from None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, made atomic on every local file system.
 
@@ -68,20 +87,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        target = Path(path)
-        partial = target.with_name(f".{target.name}.partial")
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with partial.open("wb") as f:
-                f.write(buffer.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, target)
-        except OSError as err:
-            partial.unlink(missing_ok=True)
-            raise OSError(err.errno, err.strerror, str(target)) from None
+        _save_atomically(checkpoint, path)
+
+
+class AtomicXLACheckpointIO(XLACheckpointIO):
+    """``AtomicCheckpointIO`` for Lightning's XLA strategies (TPU), which take only an ``XLACheckpointIO``.
+
+    Like Lightning's ``XLACheckpointIO`` it copies the tensors from the XLA device to the CPU
+    first (``Tensor.to``), so the file loads without torch-xla; it then writes as
+    ``AtomicCheckpointIO`` does. ``configs/trainer/tpu.yaml`` sets it.
+    """
+
+    def __init__(self) -> None:
+        # Not XLACheckpointIO.__init__, which only refuses to exist without torch-xla: this class
+        # needs none, so tpu.yaml parses anywhere and a machine without a TPU gets Lightning's refusal.
+        pass
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        _save_atomically(move_data_to_device(checkpoint, torch.device("cpu")), path)
 
 
 def load_model(ckpt_path: str | Path, checkpoint: dict[str, Any]) -> MNISTClassifier:

@@ -22,8 +22,10 @@ def user_message(err: BaseException) -> str | None:
 
     ``LitMNISTError`` (also when another library wrapped it), Lightning's
     ``MisconfigurationException`` (settings that do not go together; its messages say which), the
-    failure of another process of a distributed run (``_raised_by_a_collective``), and a file
-    that cannot be read or written. ``LIT_MNIST_DEBUG=1`` keeps the traceback of the last two.
+    failure of another process of a distributed run (``_raised_by_a_collective``), a file that
+    cannot be read or written, and a package a Lightning setting needs that is not installed
+    (``accelerator: tpu`` without torch-xla). ``LIT_MNIST_DEBUG=1`` keeps the traceback of the
+    last three.
     """
     if isinstance(err, MisconfigurationException):
         return str(err)
@@ -36,6 +38,8 @@ def user_message(err: BaseException) -> str | None:
         return _peer_failure(err)
     if isinstance(err, OSError) and err.filename is not None:
         return f"cannot use {err.filename}: {err.strerror}."
+    if isinstance(err, ModuleNotFoundError) and str(err).startswith("Requirement '"):
+        return str(err)  # Lightning's RequirementCache: "Requirement 'torch_xla>=1.13' not met. HINT: …"
     return None
 
 

@@ -118,6 +118,7 @@ def documents() -> list[tuple[str, str, Path]]:
     configs = sorted([*(REPO / "configs").rglob("*.yaml"), *(REPO / "configs").rglob("*.sbatch")])
     docs += [(str(p.relative_to(REPO)), comments(p), REPO) for p in configs]
     code = sorted([*(REPO / "lit_mnist").rglob("*.py"), *(REPO / "benchmarks").rglob("*.py")])
+    code = [p for p in code if not any(part.startswith(".") for part in p.relative_to(REPO).parts)]  # venvs
     docs += [(str(p.relative_to(REPO)), docstrings(p), REPO) for p in code]
     docs += [
         (str(p.relative_to(REPO)), markdown_cells(p), p.parent)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -17,6 +18,11 @@ from lit_mnist.errors import LitMNISTError
 
 #: Mean and standard deviation of the 60,000 MNIST training pixels scaled to [0, 1].
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+#: Optimizers whose fused kernels run on the CPU and on CUDA (AdamW is an Adam); the model picks
+#: ``fused=True`` for them where it can (``MNISTClassifier.build_optimizer``).
+FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.SGD)
+FUSED_DEVICES = {"cpu", "cuda"}
 
 
 def _describe(value: Any) -> Any:
@@ -46,7 +52,8 @@ class MNISTClassifier(L.LightningModule):
         net: The network, a plain ``nn.Module`` from images to logits (the subclasses build it).
         optimizer: The optimizer as a callable of the parameters; from a config,
             ``model.init_args.optimizer`` with a ``class_path`` such as ``torch.optim.RMSprop`` and
-            its ``init_args``.
+            its ``init_args``. Adam, AdamW and SGD with ``fused`` left unset are fused where
+            that can run (``build_optimizer``).
         lr_scheduler: An optional learning-rate scheduler as a callable of the optimizer
             (``model.init_args.lr_scheduler``); Lightning steps it once per epoch.
         num_classes: Number of classes the metrics count.
@@ -263,8 +270,52 @@ class MNISTClassifier(L.LightningModule):
             raise ValueError(f"expected inputs of shape [N, {expected}], got {list(x.shape)}")
         return x.to(self.device, torch.float32)
 
-    def configure_optimizers(self) -> Any:
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """``optimizer`` built for the parameters, with its implementation chosen for where they are.
+
+        Adam, AdamW and SGD whose ``fused`` argument is left unset (``None``) get ``fused=True``
+        (one kernel per update; ``docs/porting.md``, row 14) when every parameter is on the CPU
+        or a CUDA GPU, unless the trainer clips gradients under mixed precision: Lightning
+        refuses to clip for an optimizer that unscales its gradients itself, as fused ones do.
+        Elsewhere (XLA, MPS) they keep PyTorch's default implementation. A ``fused`` set in the
+        config is kept, and ``fused: true`` where it cannot run stops with one sentence.
+        """
         optimizer = self.optimizer(self.parameters())
+        fused = optimizer.defaults.get("fused", False)
+        obstacle = self._fused_obstacle()
+        if fused and obstacle:
+            raise LitMNISTError(
+                f"model.init_args.optimizer.init_args.fused is true, but {obstacle}: leave fused unset "
+                "(the model then picks the implementation) or set it to false."
+            )
+        devices = {p.device.type for p in self.parameters()}
+        wanted = (
+            fused is None
+            and isinstance(optimizer, FUSED_OPTIMIZERS)
+            and devices <= FUSED_DEVICES
+            and not obstacle
+            and not optimizer.defaults.get("foreach")
+            and not optimizer.defaults.get("differentiable")
+        )
+        return self.optimizer(self.parameters(), fused=True) if wanted else optimizer
+
+    def _fused_obstacle(self) -> str | None:
+        """Why a fused optimizer cannot run in this fit, or ``None``."""
+        if any(p.device.type == "xla" for p in self.parameters()):
+            return "PyTorch has no fused optimizer kernels on XLA devices (TPU)"
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a Trainer
+            return None
+        if trainer.gradient_clip_val and isinstance(trainer.precision_plugin, MixedPrecision):
+            return (
+                f"Lightning does not clip gradients (trainer.gradient_clip_val {trainer.gradient_clip_val}) "
+                f"for a fused optimizer under precision {trainer.precision}"
+            )
+        return None
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.build_optimizer()
         if self.lr_scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}

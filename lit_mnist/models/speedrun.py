@@ -58,7 +58,7 @@ class SpeedrunCNN(MNISTClassifier):
         super().__init__(speedrun_network(channels), optimizer, compile=compile)
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameters())
+        optimizer = self.build_optimizer()
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=[group["lr"] for group in optimizer.param_groups],
