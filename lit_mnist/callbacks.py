@@ -24,6 +24,8 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
 from lit_mnist.errors import LitMNISTError
+from lit_mnist.models.attribution import heat_map, integrated_gradients
+from lit_mnist.models.classifier import MNISTClassifier
 
 
 class LineProgressBar(ProgressBar):
@@ -274,23 +276,26 @@ def _as_images(x: Any) -> torch.Tensor | None:
     return x if x.ndim == 3 else None
 
 
-def image_grid(images: torch.Tensor, titles: Sequence[str], columns: int = 8) -> Figure:
+def image_grid(
+    images: torch.Tensor, titles: Sequence[str], columns: int = 8, attributions: torch.Tensor | None = None
+) -> Figure:
     """A figure of grey images ``[N, H, W]`` (each scaled to its own range), a title under each.
 
     The images and a white band under each for its title are one ``make_grid`` picture on one
-    axes: drawing it costs a fraction of what a subplot per image does.
+    axes: drawing it costs a fraction of what a subplot per image does. With ``attributions``
+    (``[N, H, W]``) each image is drawn as its ``heat_map``.
     """
     images = images.detach().float().cpu()
     low = images.amin(dim=(1, 2), keepdim=True)
     images = (images - low) / (images.amax(dim=(1, 2), keepdim=True) - low).clamp_min(1e-12)
     height = images.shape[1]
     band = height // 3
-    cells = F.pad(images, (0, 0, 0, band), value=1.0)[:, None]
-    grid = make_grid(cells, nrow=columns, pad_value=1.0)[0]
+    cells = images[:, None].expand(-1, 3, -1, -1) if attributions is None else heat_map(images, attributions)
+    grid = make_grid(F.pad(cells, (0, 0, 0, band), value=1.0), nrow=columns, pad_value=1.0).permute(1, 2, 0)
     used_columns, rows = min(columns, len(images)), math.ceil(len(images) / columns)
     figure = Figure(figsize=(1.1 * used_columns, 1.1 * rows * (height + band) / height), dpi=80)
     ax = figure.add_axes((0, 0, 1, 1))
-    ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, extent=(0, used_columns, rows, 0), aspect="auto")
+    ax.imshow(grid.numpy(), extent=(0, used_columns, rows, 0), aspect="auto")
     title_y = (height + band / 2) / (height + band)
     for i, title in enumerate(titles):
         ax.text(i % columns + 0.5, i // columns + title_y, title, ha="center", va="center", fontsize=7)
@@ -307,7 +312,9 @@ class TensorBoardFigures(L.Callback):
       ``every_n_epochs``-th epoch and of the last one (``max_epochs``; not the sanity check),
       ``test/...`` after testing: torchmetrics' confusion-matrix plot, and the
       ``num_worst`` misclassified images whose true class got the lowest probability, titled
-      with the predicted and the true label.
+      with the predicted and the true label; with ``attributions``, each drawn with the
+      Integrated Gradients of its predicted class over it (``lit_mnist.models.attribution``: red
+      ink raised the wrong answer's score, blue ink lowered it).
 
     It needs a ``TensorBoardLogger`` among the trainer's loggers and does nothing without one.
     The evaluation figures are built from what ``validation_step`` / ``test_step`` return, which
@@ -321,6 +328,9 @@ class TensorBoardFigures(L.Callback):
         num_samples: Training images in ``train/samples``.
         num_worst: Misclassified images in each ``worst_errors`` grid.
         every_n_epochs: Draw the validation figures after every n-th epoch (and the last).
+        attributions: Draw over each digit in ``worst_errors`` which pixels its wrong answer
+            rests on (Integrated Gradients against a blank image, as ``serve``'s page does):
+            16 forward and backward passes per digit, once per figure.
     """
 
     def __init__(
@@ -328,10 +338,12 @@ class TensorBoardFigures(L.Callback):
         num_samples: NonNegativeInt = 32,
         num_worst: NonNegativeInt = 16,
         every_n_epochs: PositiveInt = 5,
+        attributions: bool = False,
     ) -> None:
         self.num_samples = num_samples
         self.num_worst = num_worst
         self.every_n_epochs = every_n_epochs
+        self.attributions = attributions
         self._active = False
         self._confmat: MulticlassConfusionMatrix | None = None
         self._worst: tuple[torch.Tensor, ...] | None = None
@@ -397,7 +409,10 @@ class TensorBoardFigures(L.Callback):
         if self._worst is not None and len(self._worst[0]):
             _, images, preds, targets = self._worst
             titles = [f"pred {p} / true {t}" for p, t in zip(preds.tolist(), targets.tolist(), strict=True)]
-            grid = image_grid(images, titles)
+            maps = None
+            if self.attributions and isinstance(trainer.lightning_module, MNISTClassifier):
+                maps = integrated_gradients(trainer.lightning_module, images[:, None], preds)[:, 0]
+            grid = image_grid(images, titles, attributions=maps)
             logger.experiment.add_figure(f"{split}/worst_errors", grid, global_step=step)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

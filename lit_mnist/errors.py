@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -100,10 +98,3 @@ def _peer_failure(err: BaseException) -> str:
         f"rank {rank} of {world_size} stopped: another process of the distributed run died or stopped "
         f"answering ({detail.rstrip('.')}); look in the other machines' logs for the cause."
     )
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises ``LitMNISTError``, prefixed with the command, instead of printing usage."""
-
-    def error(self, message: str) -> Any:
-        raise LitMNISTError(f"{self.prog.rsplit(' ', 1)[-1]}: {message}.")

@@ -1,57 +1,57 @@
-"""``python -m lit_mnist serve``: a checkpoint behind an HTTP API on LitServe, and a draw-a-digit page.
+"""``python -m lit_mnist serve``: checkpoints side by side behind an HTTP API, and a draw-a-digit page.
 
-``POST /predict`` takes one digit: PNG or JPEG bytes (a multipart form field ``image``, or a raw
-body with an ``image/*`` content type), prepared by ``read_digit`` exactly as ``--data.predict_dir``
-prepares files, or JSON ``{"pixels": [[28 rows of 28 numbers in 0…255]]}`` (an MNIST-like image,
-light digit on black, used as it is). It answers ``{"label": int, "probs": [10 floats],
-"input": [[28 × 28 ints]]}``, ``input`` being the image the model received. Concurrent requests
-are batched by LitServe. Every input check runs in ``PredictInput``, an ASGI middleware in front
-of LitServe, so a bad request gets its own 4xx with ``{"error": "one sentence"}`` and never fails
-the batch it would have joined. ``GET /`` is the page (``lit_mnist/static/index.html``),
-``GET /health`` LitServe's own health check.
+The server is LitServe: one API whose inference workers hold every model and answer each
+request with every model's label and probabilities (and, on request, each model's Integrated
+Gradients map, ``lit_mnist.models.attribution``). Concurrent requests are batched by LitServe.
+Every input check runs in ``PredictInput``, an ASGI middleware in front of LitServe, so a bad
+request gets its own 4xx with ``{"error": "one sentence"}`` and never fails the batch it would
+have joined; ``Page``, another, answers ``GET /`` with the page (``lit_mnist/static/index.html``).
 """
 
 from __future__ import annotations
 
+import errno
 import json
-import math
-import os
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import parse_qsl
 
 import litserve as ls
 import numpy as np
 import torch
-import yaml
-from fastapi.responses import HTMLResponse
+from jsonargparse.typing import PositiveInt, restricted_number_type
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lit_mnist.checkpoint import check_model_class, find_last, load_model, read_checkpoint
+from lit_mnist.checkpoint import SAVE_DIR, load_model, read_checkpoint, resolve_ckpt_path
+from lit_mnist.cli import run_command
 from lit_mnist.data.images import MAX_BYTES, SIZE, ImageError, read_digit
-from lit_mnist.errors import ArgumentParser, LitMNISTError
+from lit_mnist.errors import LitMNISTError
+from lit_mnist.models.attribution import N_STEPS, integrated_gradients
+from lit_mnist.models.classifier import MNISTClassifier
 
 #: The largest request body: an image of ``MAX_BYTES`` plus room for a multipart form's headers.
 MAX_BODY = MAX_BYTES + 64 * 1024
 #: A body over ``MAX_BODY`` is still read (and dropped) up to this size before the 413 answer.
 DRAIN_LIMIT = 64 * 1024 * 1024
 #: ``--accelerator`` values, as LitServe names them.
-ACCELERATORS = {"auto": "auto", "cpu": "cpu", "gpu": "cuda", "cuda": "cuda"}
-#: The hosts LitServe binds to.
-HOSTS = ("127.0.0.1", "0.0.0.0", "::")
+ACCELERATORS = {"auto": "auto", "cpu": "cpu", "gpu": "cuda"}
+#: The query parameters of ``POST /predict``.
+QUERY_KEYS = ("model", "explain")
+#: ``explain`` values.
+EXPLAIN = {"1": True, "true": True, "0": False, "false": False}
+
+Port = restricted_number_type("Port", int, [(">=", 1024), ("<=", 65535)], docstring="TCP port, 1024 to 65535")
+BatchTimeout = restricted_number_type(
+    "BatchTimeout", float, [(">=", 0.0), ("<=", 10.0)], docstring="seconds, 0 to 10"
+)
 
 
 class BadRequest(Exception):
@@ -63,37 +63,61 @@ class BadRequest(Exception):
 
 
 class PredictInput:
-    """ASGI middleware: checks each ``POST`` to ``path`` and hands LitServe JSON ``{"pixels": …}``.
+    """ASGI middleware: checks each ``POST`` to ``path`` and hands LitServe JSON it cannot refuse.
 
-    Images are decoded here (in a thread), JSON pixels checked here, so LitServe's workers only
-    ever see valid 28 × 28 inputs. Other paths pass through untouched.
+    Images are decoded here (in a thread), JSON pixels and the query checked here, so LitServe's
+    workers only see ``{"pixels": 28 × 28 numbers in 0…255, "models": [served names],
+    "explain": bool}``. Other paths pass through untouched.
 
     Args:
-        app: the ASGI app behind (LitServe's FastAPI app).
-        path: the prediction endpoint.
+        app: The ASGI app behind (LitServe's FastAPI app).
+        models: The served models' names, in order.
+        path: The prediction endpoint.
     """
 
-    def __init__(self, app: ASGIApp, path: str = "/predict") -> None:
-        self.app, self.path = app, path
+    def __init__(self, app: ASGIApp, models: Sequence[str], path: str = "/predict") -> None:
+        self.app, self.models, self.path = app, list(models), path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path:
             await self.app(scope, receive, send)
             return
         try:
+            models, explain = self._query(scope)
             pixels = await self._pixels(scope, receive)
         except BadRequest as err:
             response = JSONResponse({"error": str(err)}, status_code=err.status, headers=err.headers)
             await response(scope, receive, send)
             return
-        body = json.dumps({"pixels": pixels}).encode()
+        body = json.dumps({"pixels": pixels, "models": models, "explain": explain}).encode()
         headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await self.app({**scope, "headers": headers}, _replay(body, receive), send)
 
-    async def _pixels(self, scope: Scope, receive: Receive) -> list[list[float]]:
+    def _query(self, scope: Scope) -> tuple[list[str], bool]:
+        """The models asked for (all by default) and whether to explain, from the query string."""
         if scope["method"] != "POST":
             raise BadRequest(405, f"Use POST for {self.path}, not {scope['method']}.", {"Allow": "POST"})
+        try:
+            pairs = parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True)
+        except (UnicodeDecodeError, ValueError):
+            raise BadRequest(400, "The query string cannot be read.") from None
+        asked, explain = [], False
+        for key, value in pairs:
+            if key == "model":
+                if value not in self.models:
+                    served = ", ".join(self.models)
+                    raise BadRequest(400, f"There is no model {value[:40]!r} here: this server has {served}.")
+                asked.append(value)
+            elif key == "explain":
+                if value.lower() not in EXPLAIN:
+                    raise BadRequest(400, f"explain must be 1, 0, true or false, got {value[:40]!r}.")
+                explain = EXPLAIN[value.lower()]
+            else:
+                raise BadRequest(400, f"Unknown query parameter {key[:40]!r}: use model and explain.")
+        return [m for m in self.models if m in asked] or self.models, explain
+
+    async def _pixels(self, scope: Scope, receive: Receive) -> list[list[float]]:
         request = Request(scope)
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > DRAIN_LIMIT:
@@ -121,6 +145,24 @@ class PredictInput:
         except ImageError as err:
             raise BadRequest(422, str(err)) from None
         return digit.tolist()
+
+
+class Page:
+    """ASGI middleware: ``GET /`` is the draw-a-digit page; everything else passes through.
+
+    Args:
+        app: The ASGI app behind (LitServe's FastAPI app, whose own ``GET /`` it stands in front of).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.html = resources.files("lit_mnist").joinpath("static", "index.html").read_text("utf-8")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):
+            await HTMLResponse(self.html)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -177,6 +219,8 @@ def _json_pixels(body: bytes) -> list[list[float]]:
         value = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise BadRequest(400, "The body is not valid JSON.") from None
+    except RecursionError:
+        raise BadRequest(400, "The JSON is nested too deeply to read.") from None
     if not isinstance(value, dict) or "pixels" not in value:
         raise BadRequest(422, 'The JSON must be an object {"pixels": [[…], …]}.')
     rows = value["pixels"]
@@ -193,204 +237,222 @@ def _json_pixels(body: bytes) -> list[list[float]]:
     return rows
 
 
+@dataclass
+class DigitRequest:
+    """One checked request as a worker holds it: uint8 pixels ``[28, 28]``, the models asked, explain."""
+
+    pixels: torch.Tensor
+    models: list[str]
+    explain: bool
+
+
 class DigitAPI(ls.LitAPI):
-    """The LitServe API of one checkpoint: 28 × 28 pixels in, the label and ten probabilities out.
+    """The LitServe API of several models: 28 × 28 pixels in; each model's label and probabilities out.
+
+    The models are built once, before the server starts, and reach each inference worker with
+    this object. Every model gets the same uint8 pixels ``[B, 1, 28, 28]`` and prepares them itself.
 
     Args:
-        ckpt_path: a checkpoint written by ``python -m lit_mnist fit``, loaded in ``setup``.
-        max_batch_size: the most requests LitServe puts in one batch.
-        batch_timeout: seconds LitServe waits to fill a batch.
+        models: Name → model, in the order the answers list them.
+        max_batch_size: The most requests LitServe puts in one batch.
+        batch_timeout: Seconds LitServe waits to fill a batch.
+        attribution_steps: Integrated Gradients' steps per map (``integrated_gradients``).
     """
 
-    def __init__(self, ckpt_path: str | Path, max_batch_size: int = 64, batch_timeout: float = 0.005) -> None:
+    def __init__(
+        self,
+        models: dict[str, MNISTClassifier],
+        max_batch_size: int = 64,
+        batch_timeout: float = 0.005,
+        attribution_steps: int = N_STEPS,
+    ) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
-        self.ckpt_path = str(ckpt_path)
+        self.models = models
+        self.attribution_steps = attribution_steps
 
     def setup(self, device: str) -> None:
         if device == "cpu":
             # One thread per inference worker (scale with --workers): these batches are too small for
             # intra-op threads, whose spinning only takes CPU from the HTTP side.
             torch.set_num_threads(1)
-        checkpoint = read_checkpoint(self.ckpt_path)
-        self.model = load_model(self.ckpt_path, checkpoint).to(device)
+        self.models = {name: model.to(device).eval() for name, model in self.models.items()}
         self.device = device
 
     def decode_request(self, request):  # unannotated: an annotation makes FastAPI validate it
-        return torch.from_numpy(np.asarray(request["pixels"], dtype=np.float32))
+        pixels = torch.from_numpy(np.asarray(request["pixels"], dtype=np.float32)).round().to(torch.uint8)
+        return DigitRequest(pixels, request["models"], request["explain"])
 
-    def batch(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack(inputs)
-
-    def predict(self, x: torch.Tensor) -> Any:
-        single = x.ndim == 2
-        images = x.unsqueeze(0) if single else x
-        received = images.round().to(torch.uint8)
-        with torch.inference_mode():
-            probs = self.model.probabilities(self.model(received.unsqueeze(1).to(self.device))).float().cpu()
-        pairs = list(zip(probs, received, strict=True))
-        return pairs[0] if single else pairs
-
-    def unbatch(self, output: Any) -> list[Any]:
-        return output
-
-    def encode_response(self, output: Any) -> dict[str, Any]:
-        probs, image = output
-        return {"label": int(probs.argmax()), "probs": probs.tolist(), "input": image.tolist()}
-
-
-async def _page(request: Request) -> HTMLResponse:
-    return HTMLResponse(resources.files("lit_mnist").joinpath("static", "index.html").read_text("utf-8"))
+    def predict(self, x: DigitRequest | list[DigitRequest]) -> Any:
+        """The answer to a request, or to each of a batch (LitServe's own ``batch`` lists them)."""
+        requests = x if isinstance(x, list) else [x]
+        images = torch.stack([r.pixels for r in requests]).unsqueeze(1).to(self.device)
+        answers: list[list[dict[str, Any]]] = [[] for _ in requests]
+        for name, model in self.models.items():
+            asked = [i for i, r in enumerate(requests) if name in r.models]
+            if not asked:
+                continue
+            with torch.inference_mode():
+                probs = model.probabilities(model(images[asked])).float()
+            labels = probs.argmax(dim=-1)
+            explained = [j for j, i in enumerate(asked) if requests[i].explain]
+            maps: dict[int, torch.Tensor] = {}
+            if explained:
+                found = integrated_gradients(
+                    model, images[asked][explained], labels[explained], self.attribution_steps
+                )
+                maps = dict(zip(explained, found[:, 0].float().cpu(), strict=True))
+            probs, labels = probs.cpu(), labels.cpu()
+            for j, i in enumerate(asked):
+                answer = {"name": name, "label": int(labels[j]), "probs": probs[j].tolist()}
+                if j in maps:
+                    answer["attribution"] = maps[j].tolist()
+                answers[i].append(answer)
+        outputs = [{"input": r.pixels.tolist(), "models": a} for r, a in zip(requests, answers, strict=True)]
+        return outputs if isinstance(x, list) else outputs[0]
 
 
 def build_server(api: DigitAPI, accelerator: str = "auto", workers: int = 1) -> ls.LitServer:
-    """The LitServer of ``api`` with ``PredictInput`` in front and the page at ``GET /``.
+    """The LitServer of ``api`` with ``PredictInput`` and ``Page`` in front.
 
     Args:
-        api: the ``DigitAPI``.
+        api: The ``DigitAPI``.
         accelerator: ``auto``, ``cpu`` or ``gpu``.
-        workers: inference worker processes per device.
+        workers: Inference worker processes per device.
     """
-    server = ls.LitServer(
+    return ls.LitServer(
         api,
         accelerator=ACCELERATORS[accelerator],
         workers_per_device=workers,
-        middlewares=[PredictInput],
+        middlewares=[(PredictInput, {"models": list(api.models)}), Page],
         fast_queue=True,  # ZeroMQ between the API process and the workers: faster than multiprocessing queues
     )
-    # LitServe answers GET / with "litserve running"; the page replaces that route.
-    server.app.router.routes = [r for r in server.app.router.routes if getattr(r, "path", None) != "/"]
-    server.app.add_api_route("/", _page, methods=["GET"], response_class=HTMLResponse)
-    return server
 
 
-def resolve_ckpt_path(ckpt_path: str, config: str | None, save_dir: str = "lightning_logs") -> Path:
-    """``ckpt_path`` as a file; ``last`` is the newest ``last.ckpt`` of the ``--config`` run.
+def checkpoint_name(path: Path) -> str:
+    """The name a checkpoint is served under by default: its run, ``<save_dir>/<run>/version_N/checkpoints/``.
+
+    A file outside that layout is named after the file (``mlp.ckpt`` → ``mlp``).
+    """
+    if path.parent.name == "checkpoints" and path.parent.parent.name.startswith("version_"):
+        return path.parents[2].name
+    return path.stem
+
+
+def parse_checkpoints(ckpt_path: str | Sequence[str], save_dir: str | Path) -> dict[str, Path]:
+    """``serve --ckpt_path`` entries as name → checkpoint file; see ``serve``.
 
     Args:
-        ckpt_path: a checkpoint file, or ``last``.
-        config: the run's config file, whose name is the run name (as ``fit`` names runs).
-        save_dir: the folder the runs are logged under (``fit``'s default).
+        ckpt_path: One entry or several: ``PATH``, ``NAME=PATH`` or ``RUN=last``.
+        save_dir: The folder runs are logged under, where ``RUN=last`` looks.
     """
-    if ckpt_path != "last":
-        return Path(ckpt_path)
-    if config is None:
-        raise LitMNISTError("serve: --ckpt_path last needs --config to know the run (its file name).")
-    run_dir = Path(save_dir) / Path(config).stem
-    last = find_last(run_dir)
-    if last is None:
-        raise LitMNISTError(f"--ckpt_path last: no last.ckpt under {run_dir}/version_*/checkpoints/.")
-    return last
+    entries = [ckpt_path] if isinstance(ckpt_path, str) else list(ckpt_path)
+    if not entries:
+        raise LitMNISTError("serve: --ckpt_path names no checkpoint.")
+    found: dict[str, Path] = {}
+    for entry in entries:
+        name, sep, rest = entry.partition("=")
+        if not (sep and name and "/" not in name and not Path(entry).is_file()):
+            name, rest = "", entry
+        if rest == "last":
+            if not name:
+                raise LitMNISTError(
+                    "serve: --ckpt_path last needs the run's name, as RUN=last (e.g. mlp=last): "
+                    f"the newest last.ckpt under {save_dir}/RUN/."
+                )
+            path = resolve_ckpt_path("last", Path(save_dir) / name)
+        else:
+            path = Path(rest)
+        name = name or checkpoint_name(path)
+        if name in found:
+            raise LitMNISTError(
+                f"serve: two checkpoints are named {name} ({found[name]} and {path}): "
+                "name them, as NAME=PATH."
+            )
+        found[name] = path
+    return found
 
 
-def _config_model_class(config: str | None) -> str | None:
-    if config is None:
-        return None
-    try:
-        content = yaml.safe_load(Path(config).read_text())
-    except OSError as err:
-        raise LitMNISTError(f"Cannot read --config {config}: {err.strerror}.") from None
-    except yaml.YAMLError:
-        raise LitMNISTError(f"--config {config} is not a readable YAML file.") from None
-    model = content.get("model") if isinstance(content, dict) else None
-    return model.get("class_path") if isinstance(model, dict) else None
+def load_models(paths: dict[str, Path]) -> dict[str, MNISTClassifier]:
+    """Each checkpoint's model, read once (``read_checkpoint``: ``weights_only``); only MNIST image models."""
+    models = {}
+    for name, path in paths.items():
+        model = load_model(path, read_checkpoint(path))
+        if tuple(model.example_input_array.shape[1:]) != (1, SIZE, SIZE):
+            raise LitMNISTError(
+                f"{path} is a {type(model).__name__} of non-image inputs: serve needs an MNIST model."
+            )
+        models[name] = model
+    return models
 
 
-def build_parser() -> ArgumentParser:
-    """The ``serve`` command's options."""
-    parser = ArgumentParser(
-        prog="lit_mnist serve",
-        description="Serve a checkpoint over HTTP (POST /predict) with a draw-a-digit page at /.",
-    )
-    parser.add_argument("--ckpt_path", required=True, help="checkpoint file, or last")
-    parser.add_argument("--config", default=None, help="the run's config")
-    parser.add_argument("--host", default="127.0.0.1", choices=HOSTS, help="default 127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000, help="port, 1024…65535 (default 8000)")
-    parser.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "gpu"), help="default auto")
-    parser.add_argument("--max_batch_size", type=int, default=64, help="most requests per batch (default 64)")
-    parser.add_argument("--batch_timeout", type=float, default=0.005, help="seconds to fill a batch (0.005)")
-    parser.add_argument("--workers", type=int, default=1, help="inference processes per device (default 1)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``serve --ckpt_path CKPT|last [--config …] [--host …] [--port …] …``: run the server until stopped.
-
-    The checkpoint is read and its model built here first (``weights_only``, model-class check
-    against ``--config``), so a bad checkpoint is one sentence before any server starts.
-    """
-    args = build_parser().parse_args(argv)
-    if not 1024 <= args.port <= 65535:
-        raise LitMNISTError(f"serve: --port must be from 1024 to 65535, got {args.port}.")
-    if args.max_batch_size < 1 or args.workers < 1:
-        raise LitMNISTError("serve: --max_batch_size and --workers must be at least 1.")
-    if not (args.batch_timeout >= 0 and math.isfinite(args.batch_timeout)):
-        raise LitMNISTError(f"serve: --batch_timeout must be 0 or more seconds, got {args.batch_timeout}.")
-    if args.accelerator == "gpu" and not torch.cuda.is_available():
-        raise LitMNISTError("serve: --accelerator gpu, but PyTorch finds no CUDA device here.")
-    ckpt_path = resolve_ckpt_path(args.ckpt_path, args.config)
-    checkpoint = read_checkpoint(ckpt_path)
-    check_model_class(checkpoint, ckpt_path, _config_model_class(args.config))
-    model = load_model(ckpt_path, checkpoint)
-    if tuple(model.example_input_array.shape[1:]) != (1, SIZE, SIZE):
-        raise LitMNISTError(
-            f"{ckpt_path} is a {type(model).__name__} of non-image inputs: serve needs an MNIST model."
-        )
-    del model
-    api = DigitAPI(ckpt_path, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
-    server = build_server(api, accelerator=args.accelerator, workers=args.workers)
-    print(f"Serving {ckpt_path} on http://{args.host}:{args.port}/ (POST /predict, GET /health)", flush=True)
-    server.run(host=args.host, port=args.port, generate_client_file=False, log_level="warning")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running(ckpt_path: str | Path, *options: str, timeout: float = 120) -> Iterator[str]:
-    """``python -m lit_mnist serve`` in a child process on a free port of 127.0.0.1, for tests and benchmarks.
-
-    Yields the base URL (``http://127.0.0.1:<port>``) once ``/health`` answers, and stops the server
-    and its LitServe workers (its own process group) on exit.
-
-    Args:
-        ckpt_path: The checkpoint to serve.
-        *options: More ``serve`` options, e.g. ``"--max_batch_size", "1"``.
-        timeout: Seconds to wait for ``/health``.
-
-    Raises:
-        RuntimeError: The server exited or did not answer in time; the message ends with its output.
-    """
-    port = _free_port()
-    command = [sys.executable, "-m", "lit_mnist", "serve", "--ckpt_path", str(ckpt_path), "--port", str(port)]
-    with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(
-            [*command, *options], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        url = f"http://127.0.0.1:{port}"
+def check_port(host: str, port: int) -> None:
+    """Refuse, in one sentence, a port that cannot be listened on (bound as uvicorn binds it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if process.poll() is not None:
-                    log.seek(0)
-                    raise RuntimeError(f"serve exited with {process.returncode}:\n{log.read()[-3000:]}")
-                with suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"serve did not answer {url}/health within {timeout} s")
-                time.sleep(0.3)
-            yield url
-        finally:
-            for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, None)):
-                with suppress(ProcessLookupError):
-                    os.killpg(process.pid, sig)
-                try:
-                    process.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-            with suppress(ProcessLookupError):  # a worker left behind by the server
-                os.killpg(process.pid, signal.SIGKILL)
+            probe.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise LitMNISTError(
+                    f"Port {port} on {host} is in use: stop what listens there, "
+                    "or choose another with --port."
+                ) from None
+            raise LitMNISTError(f"Cannot listen on port {port} of {host}: {err.strerror}.") from None
+
+
+def serve(
+    ckpt_path: str | list[str],
+    host: Literal["127.0.0.1", "0.0.0.0", "::"] = "127.0.0.1",
+    port: Port = 8000,
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto",
+    max_batch_size: PositiveInt = 64,
+    batch_timeout: BatchTimeout = 0.005,
+    workers: PositiveInt = 1,
+    attribution_steps: PositiveInt = N_STEPS,
+    save_dir: str = SAVE_DIR,
+) -> None:
+    """Serve checkpoints side by side over HTTP, with a draw-a-digit page at /.
+
+    POST /predict takes one digit: PNG or JPEG bytes (a multipart form field image, or a raw body
+    with an image/* content type), prepared as predict's --data.predict_dir prepares files, or
+    JSON {"pixels": 28 rows of 28 numbers in 0…255} (an MNIST-like image, light digit on black,
+    used as it is). It answers {"input": the 28 × 28 image the models received, "models": [{"name",
+    "label", "probs": 10 floats}, …]}, one entry per model. Query parameters: model=NAME (repeatable)
+    asks only those models; explain=1 adds each model's "attribution", 28 × 28 Integrated Gradients
+    of its answer's score against a blank image. Bad input gets a 4xx and {"error": "one
+    sentence"}. GET / is the page, GET /health LitServe's health check. Every checkpoint is read
+    (weights_only) and its model built before anything listens, so a bad one is one sentence.
+
+    Args:
+        ckpt_path: The checkpoints, one or a list ("[a.ckpt, b.ckpt]", or --ckpt_path+ to add
+            one): each a file written by fit, served under its run's name (lightning_logs/RUN/
+            version_N/checkpoints/x.ckpt → RUN); NAME=PATH names it; RUN=last is the newest
+            last.ckpt of that run under --save_dir.
+        host: The address to listen on: 127.0.0.1 accepts only this machine; 0.0.0.0 (or ::, for
+            IPv6 too) every network the machine is on, with no authentication and no encryption.
+        port: The TCP port to listen on, 1024 to 65535.
+        accelerator: Where the models run: auto (a GPU if there is one), cpu or gpu.
+        max_batch_size: The most requests LitServe answers in one batch.
+        batch_timeout: Seconds LitServe waits for more requests to fill a batch, 0 to 10.
+        workers: Inference processes per device, each holding every model.
+        attribution_steps: Integrated Gradients' steps per map: more are more exact (closer to
+            summing to the score's difference from the blank image) and slower.
+        save_dir: The folder runs are logged under, where RUN=last looks.
+    """
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise LitMNISTError("serve: --accelerator gpu, but PyTorch finds no CUDA device here.")
+    paths = parse_checkpoints(ckpt_path, save_dir)
+    models = load_models(paths)
+    api = DigitAPI(models, max_batch_size, batch_timeout, attribution_steps)
+    server = build_server(api, accelerator=accelerator, workers=workers)
+    check_port(host, port)
+    address = f"[{host}]" if ":" in host else host
+    served = ", ".join(f"{name} ({path})" for name, path in paths.items())
+    print(f"Serving {served} on http://{address}:{port}/ (POST /predict, GET /health)", flush=True)
+    server.run(host=host, port=port, generate_client_file=False, log_level="warning")
+
+
+def main(args: Sequence[str]) -> None:
+    """``python -m lit_mnist serve ARGS`` (``serve``'s options)."""
+    run_command(serve, args, "serve")

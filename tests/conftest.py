@@ -39,3 +39,18 @@ def mnist_mlp_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return logs / "mlp" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def mnist_cnn_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small CNN (8 and 16 filters, 64 hidden units) fitted for 80 steps of 64 real MNIST images."""
+    logs = tmp_path_factory.mktemp("serve_logs")
+    result = run_cli(
+        "fit", "--config", "configs/cnn.yaml", "--model.init_args.channels", "[8, 16]",
+        "--model.init_args.hidden_size", "64", "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "80", "--trainer.limit_val_batches", "1",
+        "--data.batch_size", "64", "--test_after_fit", "false",
+        "--trainer.logger.init_args.save_dir", str(logs),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return logs / "cnn" / "version_0" / "checkpoints" / "last.ckpt"

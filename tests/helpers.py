@@ -1,12 +1,19 @@
-"""What the tests share: tiny IDX files, the CLI as a subprocess, a quiet Trainer, one short fit."""
+"""What the tests share: tiny IDX files, the CLI as a subprocess, a quiet Trainer, one short fit, a server."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +81,64 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A ``serve`` process started by ``running``: its base URL and what it has printed so far."""
+
+    url: str
+    log: Path
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def running(*args: str, timeout: float = 120) -> Iterator[Server]:
+    """``python -m lit_mnist serve ARGS`` in a child process on a free port of 127.0.0.1.
+
+    Yields the ``Server`` once ``/health`` answers, and stops the server and its LitServe workers
+    (its own process group) on exit.
+
+    Args:
+        *args: ``serve``'s options, ``--ckpt_path`` included (``--port`` is added).
+        timeout: Seconds to wait for ``/health``.
+
+    Raises:
+        RuntimeError: The server exited or did not answer in time; the message ends with its output.
+    """
+    port = free_port()
+    command = [sys.executable, "-m", "lit_mnist", "serve", *args, "--port", str(port)]
+    with tempfile.TemporaryDirectory() as folder:
+        log = Path(folder) / "serve.log"
+        with log.open("w") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        server = Server(f"http://127.0.0.1:{port}", log)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"serve exited with {process.returncode}:\n{server.output()[-3000:]}")
+                with suppress(OSError), urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"serve did not answer {server.url}/health within {timeout} s")
+                time.sleep(0.3)
+            yield server
+        finally:
+            for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, None)):
+                with suppress(ProcessLookupError):
+                    os.killpg(process.pid, sig)
+                try:
+                    process.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+            with suppress(ProcessLookupError):  # a worker left behind by the server
+                os.killpg(process.pid, signal.SIGKILL)

@@ -1,14 +1,21 @@
-"""The draw-a-digit page end to end: headless Chromium (Debian's) driven by Playwright, real mouse strokes."""
+"""The draw-a-digit page end to end: headless Chromium (Debian's) driven by Playwright, real mouse strokes.
+
+``LIT_MNIST_SCREENSHOT=docs/serve.png`` also saves the README's screenshot there (two models side by
+side, with their heat maps); without it the test writes nothing outside its temporary folder.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from lit_mnist.serve import running
+from helpers import REPO, running
 
 pytestmark = pytest.mark.slow  # a server and a browser
 
@@ -41,10 +48,14 @@ DIGITS: dict[int, list[Stroke]] = {
 }
 
 
+#: The served models, in order (named after their run folders).
+NAMES = ["mlp", "cnn"]
+
+
 @pytest.fixture(scope="module")
-def page_url(mnist_mlp_checkpoint: Path) -> Any:
-    with running(mnist_mlp_checkpoint) as url:
-        yield url
+def page_url(mnist_mlp_checkpoint: Path, mnist_cnn_checkpoint: Path) -> Any:
+    with running("--ckpt_path", f"[{mnist_mlp_checkpoint}, {mnist_cnn_checkpoint}]") as server:
+        yield server.url
 
 
 def draw(page: Any, strokes: list[Stroke]) -> None:
@@ -57,32 +68,67 @@ def draw(page: Any, strokes: list[Stroke]) -> None:
         page.mouse.up()
 
 
-def test_drawn_digits_are_recognised_on_the_page(page_url: str, tmp_path: Path) -> None:
+def canvas_pixels(page: Any, selector: str) -> list[list[int]]:
+    """The 28 × 28 canvas's pixels as [r, g, b] rows."""
+    data = page.evaluate(
+        f"() => Array.from(document.querySelector({json.dumps(selector)}).getContext('2d')"
+        ".getImageData(0, 0, 28, 28).data)"
+    )
+    return [[data[4 * (28 * r + c) : 4 * (28 * r + c) + 3] for c in range(28)] for r in range(28)]
+
+
+def api_answer(url: str, pixels: list[list[int]]) -> dict:
+    body = json.dumps({"pixels": pixels}).encode()
+    request = urllib.request.Request(f"{url}/predict", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_every_models_answer_to_a_drawn_digit_is_on_the_page(page_url: str, tmp_path: Path) -> None:
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1000, "height": 480})
+            page = browser.new_page(viewport={"width": 1240, "height": 500})
             outside = []
             page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(page_url) else None)
             page.goto(f"{page_url}/")
             for digit, strokes in DIGITS.items():
                 page.click("#clear")
-                assert page.text_content("#label") == ""
+                assert all(label == "" for label in page.locator(".label").all_text_contents())
                 draw(page, strokes)
-                page.wait_for_selector('#label[data-done="1"]', timeout=20_000)
-                shown = page.text_content("#label")
+                page.wait_for_selector('#answers[data-done="1"]', timeout=20_000)
                 page.screenshot(path=str(tmp_path / f"digit-{digit}.png"))
-                assert shown == str(digit), f"drew {digit}, the page shows {shown}"
-                # ten bars, the drawn digit's the longest, and the model's input drawn in
-                values = [float(page.text_content(f'[data-digit="{d}"]').rstrip("%")) for d in range(10)]
-                assert abs(sum(values) - 100) < 1 and max(range(10), key=values.__getitem__) == digit
-                ink = page.evaluate(
-                    "() => document.getElementById('input').getContext('2d')"
-                    ".getImageData(0, 0, 28, 28).data.filter((v, i) => i % 4 == 0 && v > 0).length"
-                )
-                assert ink > 20
+                # the image the models received, read back from the page, and the API's answer for it
+                seen = [[rgb[0] for rgb in row] for row in canvas_pixels(page, "#input")]
+                assert sum(v > 0 for row in seen for v in row) > 20
+                expected = {m["name"]: m for m in api_answer(page_url, seen)["models"]}
+                assert list(expected) == NAMES
+                for name in NAMES:
+                    card = f'[data-model="{name}"]'
+                    shown = page.text_content(f"{card} .label")
+                    values = [
+                        float(page.text_content(f'{card} [data-digit="{d}"]').rstrip("%")) for d in range(10)
+                    ]
+                    assert shown == str(expected[name]["label"]), (name, digit)
+                    assert all(
+                        abs(v - 100 * p) <= 0.051
+                        for v, p in zip(values, expected[name]["probs"], strict=True)
+                    )
+                    assert shown == str(digit), f"drew {digit}, {name} says {shown}"
+                assert not page.is_visible(f'[data-model="{NAMES[0]}"] canvas')  # heat maps only when asked
+            # one click: each model's heat map of the last drawing, in colour over the grey input
+            page.click("#explain")
+            page.wait_for_selector('#answers[data-done="1"]', timeout=20_000)
+            for name in NAMES:
+                heat = canvas_pixels(page, f'[data-model="{name}"] canvas')
+                assert page.is_visible(f'[data-model="{name}"] canvas')
+                assert sum(rgb[0] != rgb[1] for row in heat for rgb in row) > 20, name
+            shot = tmp_path / "serve.png"
+            page.screenshot(path=str(shot))
+            if os.environ.get("LIT_MNIST_SCREENSHOT"):
+                shutil.copyfile(shot, REPO / os.environ["LIT_MNIST_SCREENSHOT"])
             page.click("#clear")
-            assert page.text_content("#label") == ""
+            assert all(page.text_content(f'[data-model="{n}"] .label') == "" for n in NAMES)
             assert not outside, outside
         finally:
             browser.close()
