@@ -1,20 +1,22 @@
 """The model owns its input: every path that feeds a model feeds it the same way.
 
 A model trained with ``standardize`` is given the same raw test images (uint8, or floats in
-[0, 1]) through ``predict`` (the checkpoint alone restores the setting), ``predict_proba``, and
-its ONNX and TorchScript exports; all must give the same probabilities to 1e-5.
+[0, 1]) through ``predict`` (the checkpoint alone restores the setting), ``predict_proba``, its
+ONNX and TorchScript exports and ``serve``; all must give the same probabilities to 1e-5.
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import pytest
 import torch
-from helpers import REPO, SHORT_FIT, run_cli
+from helpers import REPO, SHORT_FIT, run_cli, running
 
 from lit_mnist import MLP
 from lit_mnist.__main__ import main
@@ -85,3 +87,18 @@ def test_exports_give_the_same_probabilities(standardized, images, tmp_path: Pat
             logits = torch.jit.load(str(output))(x)
     torch.testing.assert_close(logits.softmax(dim=1), _reference(ckpt, images), atol=1e-5, rtol=0)
     assert np.isfinite(logits.numpy()).all()
+
+
+def test_serve_gives_the_same_probabilities(standardized, images) -> None:
+    """``serve`` feeds the model the JSON pixels as they are (0…255), through the model's own transform."""
+    ckpt, _ = standardized
+    reference = _reference(ckpt, images[:20])
+    with running("--ckpt_path", str(ckpt)) as server:
+        for image, expected in zip(images[:20], reference, strict=True):
+            body = json.dumps({"pixels": image.tolist()}).encode()
+            request = urllib.request.Request(
+                f"{server.url}/predict", data=body, headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=60) as response:
+                (answer,) = json.load(response)["models"]
+            torch.testing.assert_close(torch.tensor(answer["probs"]), expected, atol=1e-5, rtol=0)
