@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-
-from lit_mnist.callbacks import EpochTimer
+from timing import EpochTimer, cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 TENSORFLOW = "tensorflow==2.21.0"
@@ -142,16 +141,6 @@ def _spread(values: list[float], digits: int = 2) -> str:
     return f"{median} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _versions(python: Path | None) -> str:
     import torch
 
@@ -178,7 +167,7 @@ def table(results: dict[str, dict[str, Any]], rounds: int, python: Path | None) 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"Measured {now} with `python benchmarks/vs_keras.py` ({rounds} interleaved rounds, "
-        f"all 60,000 training images, default threads) on {_cpu_model()}, {os.cpu_count()} cores; "
+        f"all 60,000 training images, default threads) on {cpu_model()}, {os.cpu_count()} cores; "
         f"{_versions(python)}.",
         "",
         "| model | epochs | batch | Keras s/epoch | lit_mnist s/epoch | ratio lit/Keras | target | Keras test acc | lit_mnist test acc |",

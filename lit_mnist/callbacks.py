@@ -12,7 +12,7 @@ from typing import IO, Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelSummary, ProgressBar, Timer
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelSummary, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.model_summary import summarize
 from matplotlib.figure import Figure
@@ -78,45 +78,6 @@ class LineProgressBar(ProgressBar):
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(metrics.items())
         )
         self._print(f"{self._epoch(trainer)} done in {elapsed:.1f} s  {shown}")
-
-
-def _synchronize(module: L.LightningModule) -> None:
-    """Wait for the module's device, so that wall-clock times include its queued work."""
-    if module.device.type == "cuda":
-        torch.cuda.synchronize(module.device)
-
-
-class EpochTimer(Timer):
-    """Lightning's ``Timer`` plus the wall time of each training epoch (validation included).
-
-    Times are taken after the accelerator has finished its queued work, so they are honest on GPU.
-    ``time_elapsed("train")`` is the fit loop's wall time, from ``on_train_start`` to ``on_train_end``.
-
-    Args:
-        **kwargs: Lightning ``Timer``'s arguments (``duration``, ``interval``, ``verbose``).
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.epoch_times: list[float] = []
-        self._epoch_start = 0.0
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _synchronize(pl_module)
-        super().on_train_start(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _synchronize(pl_module)
-        super().on_train_end(trainer, pl_module)
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _synchronize(pl_module)
-        self._epoch_start = time.monotonic()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _synchronize(pl_module)
-        self.epoch_times.append(time.monotonic() - self._epoch_start)
-        super().on_train_epoch_end(trainer, pl_module)
 
 
 def _is_metrics(module: nn.Module) -> bool:
