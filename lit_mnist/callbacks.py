@@ -39,7 +39,9 @@ class LineProgressBar(ProgressBar):
         self.lines_per_epoch = lines_per_epoch
         self._enabled = True
         self._epoch_start = 0.0
-        self._lines_printed = 0
+        self._total = 0
+        self._every = 0
+        self._next_line = math.inf
 
     def disable(self) -> None:
         self._enabled = False
@@ -56,20 +58,22 @@ class LineProgressBar(ProgressBar):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
-        self._lines_printed = 0
+        total = self.total_train_batches
+        lines = isinstance(total, int) and total >= 2 * self.lines_per_epoch
+        self._total = total if lines else 0
+        self._every = total // self.lines_per_epoch if lines else 0
+        self._next_line = self._every if lines else math.inf
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        total = self.total_train_batches
-        if not isinstance(total, int) or total < 2 * self.lines_per_epoch:
-            return
         done = batch_idx + 1
-        step = total // self.lines_per_epoch
-        if done // step > self._lines_printed and done < total - step // 2:
-            self._lines_printed = done // step
+        if done < self._next_line:  # all but a few batches per epoch stop here
+            return
+        self._next_line = (done // self._every + 1) * self._every
+        if done < self._total - self._every // 2:
             elapsed = time.perf_counter() - self._epoch_start
-            self._print(f"{self._epoch(trainer)}: {done}/{total} batches, {elapsed:.1f} s")
+            self._print(f"{self._epoch(trainer)}: {done}/{self._total} batches, {elapsed:.1f} s")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         elapsed = time.perf_counter() - self._epoch_start
