@@ -24,8 +24,12 @@ summary, no validation); the config's own model and data module in the same bare
 full CLI. A step is the gap between two ``on_train_batch_start`` calls (``timing.StepTimes``, in every
 Lightning layer) or two iterations of the plain loop; the first ``--warmup`` steps of each run are
 left out. Prints a Markdown table: per layer the median ms/step over rounds (each round's median
-step, range in brackets) and its increment over the layer above (median over rounds of the
-difference within a round).
+step, range in brackets), its increment over the layer above and its ratio to the plain loop
+(medians over rounds of the difference and the ratio within a round).
+
+    python benchmarks/bench_fit.py --config configs/cnn.yaml --precisions 32-true bf16-mixed [--rounds 4] [--steps 60]
+
+``--precisions`` times the full CLI at each ``--trainer.precision`` instead, in the same way.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import argparse
 import contextlib
 import copy
 import datetime
+import functools
 import io
 import itertools
 import json
@@ -193,10 +198,18 @@ LAYERS = (
 )
 
 
-def layered(
+def _full_cli(cli_args: list[str], steps: int) -> list[float]:
+    timer = StepTimes()
+    cli = LitMNISTCLI(args=[*cli_args, "--trainer.limit_train_batches", str(steps)], run=False)
+    cli.trainer.callbacks.append(timer)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return timer.starts
+
+
+def layer_runs(
     cli_args: list[str], fresh: MNISTClassifier, datamodule, args: argparse.Namespace
-) -> dict[str, list[float]]:
-    """Median ms/step of every layer in every round, interleaved (``LAYERS`` order, reversed every other round)."""
+) -> dict[str, Callable[[], list[float]]]:
+    """The four ``LAYERS``, each a run of ``args.steps`` steps from ``fresh``'s weights returning the step starts."""
     device = torch.device(args.device)
     accelerator = "gpu" if args.device == "cuda" else "cpu"
     standardize = _standardizes(fresh, datamodule)
@@ -219,16 +232,29 @@ def layered(
         return timer.starts
 
     def full() -> list[float]:
-        timer = StepTimes()
-        cli = LitMNISTCLI(args=[*cli_args, "--trainer.limit_train_batches", str(args.steps)], run=False)
-        cli.trainer.callbacks.append(timer)
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        return timer.starts
+        return _full_cli(cli_args, args.steps)
 
-    runs = dict(zip(LAYERS, (plain, bare, ours, full), strict=True))
-    results: dict[str, list[float]] = {name: [] for name in LAYERS}
+    return dict(zip(LAYERS, (plain, bare, ours, full), strict=True))
+
+
+def precision_runs(cli_args: list[str], args: argparse.Namespace) -> dict[str, Callable[[], list[float]]]:
+    """The full CLI at each of ``args.precisions`` (``--trainer.precision``)."""
+    return {
+        f"the full CLI (`fit`), precision {precision}": functools.partial(
+            _full_cli, [*cli_args, "--trainer.precision", precision], args.steps
+        )
+        for precision in args.precisions
+    }
+
+
+def interleaved(
+    runs: dict[str, Callable[[], list[float]]], args: argparse.Namespace
+) -> dict[str, list[float]]:
+    """Median ms/step of every run in every round (in order, reversed every other round)."""
+    names = list(runs)
+    results: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(args.rounds):
-        for name in LAYERS if round_ % 2 == 0 else reversed(LAYERS):
+        for name in names if round_ % 2 == 0 else reversed(names):
             with contextlib.redirect_stdout(io.StringIO()):  # the CLI's summary and progress lines
                 starts = runs[name]()
             results[name].append(_median_step_ms(starts, args.warmup))
@@ -248,43 +274,43 @@ def _spread(values: list[float], digits: int = 3) -> str:
 def layers_table(
     results: dict[str, list[float]], command: str, args: argparse.Namespace
 ) -> tuple[str, dict[str, Any]]:
-    """The Markdown report of ``--layers`` and its figures."""
+    """The Markdown report of ``--layers`` or ``--precisions`` and its figures."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     hardware = torch.cuda.get_device_name() if args.device == "cuda" else cpu_model()
+    what = "layer" if results.keys() == set(LAYERS) else "run"
     lines = [
         f"Measured {now} with `{command}` ({args.rounds} interleaved rounds of {args.steps} steps, "
         f"the first {args.warmup} of each run left out) on {hardware}, {torch.get_num_threads()} threads; "
         f"Python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}.",
         "",
-        "| layer | median ms/step | increment over the layer above |",
-        "|---|---|---|",
+        f"| {what} | median ms/step | increment over the {what} above | × the first {what} |",
+        "|---|---|---|---|",
     ]
-    figures: dict[str, Any] = {"layers": {}}
-    previous = None
-    for name, values in results.items():
-        increment = "—"
+    figures: dict[str, Any] = {"runs": {}}
+    names = list(results)
+    first = results[names[0]]
+    for previous, name in zip([None, *names], names, strict=False):
+        values = results[name]
+        figures["runs"][name] = {"ms_per_step": values}
+        increment = ratio = "—"
         if previous is not None:
             diffs = [b - a for a, b in zip(results[previous], values, strict=True)]
+            ratios = [b / a for a, b in zip(first, values, strict=True)]
             increment = f"{'+' if statistics.median(diffs) >= 0 else ''}{_spread(diffs)}"
-            figures["layers"][name] = {"ms_per_step": values, "increment_ms": diffs}
-        else:
-            figures["layers"][name] = {"ms_per_step": values}
-        lines.append(f"| {name} | {_spread(values)} | {increment} |")
-        previous = name
-    plain, bare, _, full = (results[name] for name in LAYERS)
-    ratio = [f / p for f, p in zip(full, plain, strict=True)]
-    lightning_ms = [b - p for b, p in zip(bare, plain, strict=True)]
-    own = [f - b for f, b in zip(full, bare, strict=True)]
-    lines += [
-        "",
-        f"`fit` against the plain loop: {_spread(ratio, 2)} ×; Lightning's own loop "
-        f"(bare Trainer over the plain loop): {_spread(lightning_ms)} ms/step; this project's "
-        f"(full CLI over the bare Trainer): {_spread(own)} ms/step.",
-    ]
+            ratio = _spread(ratios, 2)
+            figures["runs"][name].update(increment_ms=diffs, ratio_to_first=ratios)
+        lines.append(f"| {name} | {_spread(values)} | {increment} | {ratio} |")
+    if what == "layer":
+        plain, bare, _, full = (results[name] for name in LAYERS)
+        lightning_ms = [b - p for b, p in zip(bare, plain, strict=True)]
+        own = [f - b for f, b in zip(full, bare, strict=True)]
+        lines += [
+            "",
+            f"Lightning's own loop (bare Trainer over the plain loop): {_spread(lightning_ms)} ms/step; "
+            f"this project's (full CLI over the bare Trainer): {_spread(own)} ms/step.",
+        ]
+        figures.update(lightning_ms=lightning_ms, project_ms=own)
     figures.update(
-        ratio_fit_plain=ratio,
-        lightning_ms=lightning_ms,
-        project_ms=own,
         hardware=hardware,
         threads=torch.get_num_threads(),
         torch=torch.__version__,
@@ -311,6 +337,13 @@ def main() -> None:
         "batches at either of two speeds, varying between and within runs; 1 thread is steady",
     )
     parser.add_argument("--layers", action="store_true", help="split a step's cost in four layers instead")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=None,
+        metavar="PRECISION",
+        help="time the full CLI at each of these trainer precisions (e.g. 32-true bf16-mixed), as --layers does",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="--layers: interleaved rounds (default 3)")
     parser.add_argument("--steps", type=int, default=1000, help="--layers: steps per layer and round")
     parser.add_argument("--warmup", type=int, default=20, help="--layers: first steps of a run left out")
@@ -319,8 +352,9 @@ def main() -> None:
         "cli_args", nargs="*", help="extra CLI overrides, e.g. --trainer.precision=bf16-mixed"
     )
     args = parser.parse_args()
-    if args.layers and (args.rounds < 1 or args.steps < args.warmup + 3 or args.warmup < 0):
-        parser.error("--layers needs --rounds 1 or more and --steps at least --warmup + 3")
+    stepwise = args.layers or args.precisions
+    if stepwise and (args.rounds < 1 or args.steps < args.warmup + 3 or args.warmup < 0):
+        parser.error("--layers and --precisions need --rounds 1 or more and --steps at least --warmup + 3")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -329,16 +363,19 @@ def main() -> None:
     accelerator = "gpu" if args.device == "cuda" else "cpu"
     overrides = {
         "--config": args.config,
-        "--trainer.max_epochs": "1" if args.layers else str(args.epochs),
+        "--trainer.max_epochs": "1" if stepwise else str(args.epochs),
         "--trainer.accelerator": accelerator,
         "--trainer.devices": "1",
         "--trainer.logger.init_args.save_dir": logs,
     }
     cli_args = [*(x for kv in overrides.items() for x in kv), *args.cli_args]
     cli = LitMNISTCLI(args=cli_args, run=False)
-    if args.layers:
-        cli.datamodule.setup("fit")
-        results = layered(cli_args, copy.deepcopy(cli.model), cli.datamodule, args)
+    if stepwise:
+        if args.precisions:
+            results = interleaved(precision_runs(cli_args, args), args)
+        else:
+            cli.datamodule.setup("fit")
+            results = interleaved(layer_runs(cli_args, copy.deepcopy(cli.model), cli.datamodule, args), args)
         command = " ".join(["python", "benchmarks/bench_fit.py", *sys.argv[1:]])
         report, figures = layers_table(results, command, args)
         print(report, end="")

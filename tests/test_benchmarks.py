@@ -47,20 +47,37 @@ def test_bench_fit_layers_smoke(tmp_path):
         "bench_fit.py", "--layers", "--config", "configs/mlp.yaml", "--rounds", "2", "--steps", "8",
         "--warmup", "2", "--threads", "1", "--json", str(tmp_path / "layers.json"),
     )  # fmt: skip
-    rows = re.findall(r"^\| ([^|]+) \| ([\d.]+) \(([\d.]+)–([\d.]+)\) \| ([^|]+) \|$", out, re.M)
+    rows = re.findall(r"^\| ([^|]+) \| ([\d.]+) \(([\d.]+)–([\d.]+)\) \| ([^|]+) \| ([^|]+) \|$", out, re.M)
     assert [row[0] for row in rows] == [
         "plain PyTorch loop",
         "bare LightningModule in a bare Trainer",
         "the project's module and data module in a bare Trainer",
         "the full CLI (`fit`)",
     ], out
-    for _, median, low, high, _ in rows:
+    for _, median, low, high, _, _ in rows:
         assert 0 < float(low) <= float(median) <= float(high)
-    assert rows[0][4] == "—" and all(re.fullmatch(r"[+-][\d.]+ \([-\d.]+–[-\d.]+\)", r[4]) for r in rows[1:])
-    assert re.search(r"^`fit` against the plain loop: [\d.]+ \(", out, re.M)
+    assert rows[0][4] == rows[0][5] == "—"
+    assert all(re.fullmatch(r"[+-][\d.]+ \([-\d.]+–[-\d.]+\)", r[4]) for r in rows[1:])
+    assert all(re.fullmatch(r"[\d.]+ \([\d.]+–[\d.]+\)", r[5]) for r in rows[1:])
+    assert re.search(r"^Lightning's own loop \(bare Trainer over the plain loop\): [-\d.]+ \(", out, re.M)
     assert "with `python benchmarks/bench_fit.py --layers --config configs/mlp.yaml --rounds 2" in out
     figures = json.loads((tmp_path / "layers.json").read_text())
-    assert [len(layer["ms_per_step"]) for layer in figures["layers"].values()] == [2, 2, 2, 2]
+    assert [len(layer["ms_per_step"]) for layer in figures["runs"].values()] == [2, 2, 2, 2]
+
+
+def test_bench_fit_precisions_smoke():
+    """``--precisions`` times the full CLI at each precision and gives each one's ratio to the first."""
+    out = _run(
+        "bench_fit.py", "--precisions", "32-true", "bf16-mixed", "--config", "configs/mlp.yaml",
+        "--rounds", "1", "--steps", "6", "--warmup", "1",
+    )  # fmt: skip
+    rows = re.findall(
+        r"^\| the full CLI \(`fit`\), precision (\S+) \| ([\d.]+) \| ([^|]+) \| ([^|]+) \|$", out, re.M
+    )
+    assert [row[0] for row in rows] == ["32-true", "bf16-mixed"], out
+    (_, fp32, _, _), (_, bf16, increment, ratio) = rows
+    assert float(increment) == pytest.approx(float(bf16) - float(fp32), abs=2e-3)
+    assert float(ratio) == pytest.approx(float(bf16) / float(fp32), abs=1e-2)
 
 
 @pytest.mark.slow
