@@ -9,8 +9,8 @@ Runs ``python -m lit_mnist fit --config CONFIG --data.val_size 0 --trainer.max_e
 training loop into the part of the step its deepest recognised frame belongs to (``PARTS``): the
 network's forward, the loss, the metric updates, autograd's backward, the optimizer's kernels and
 its Python, ``zero_grad``, cutting and scaling the batch, callbacks, and the rest of Lightning's
-loop. Prints a Markdown table of each part's share and ms per step (the loop's wall time, measured
-by py-spy's sample count, over N). ``--lightning K`` adds the K Lightning functions whose own Python
+loop. Prints a Markdown table of each part's share and ms per step (that share of the epoch's wall
+time, timed by ``timing.EpochSeconds``, over N). ``--lightning K`` adds the K Lightning functions whose own Python
 (and the helpers it calls, such as ``contextlib`` or ``inspect``) takes the most of the loop
 (``lightning_functions``); ``--raw`` keeps py-spy's samples (``frame;frame;... count`` lines).
 """
@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from timing import EPOCH_LINE
 
 REPO = Path(__file__).resolve().parents[1]
 #: Samples whose stack holds this frame are inside Lightning's training loop.
@@ -59,11 +62,14 @@ PARTS = [
 
 
 def parse_raw(text: str) -> list[tuple[list[str], int]]:
-    """py-spy ``--format raw`` lines (``frame;frame;... count``) as (frames root first, count)."""
+    """py-spy ``--format raw`` lines (``frame;frame;... count``) as (frames root first, count).
+
+    A line that does not end in a count (a frame name with a line break in it) is left out.
+    """
     rows = []
     for line in text.splitlines():
-        if line.strip():
-            stack, count = line.rsplit(" ", 1)
+        stack, _, count = line.strip().rpartition(" ")
+        if stack and count.isdigit():
             rows.append((stack.split(";"), int(count)))
     return rows
 
@@ -165,7 +171,8 @@ def main() -> None:
         fit = [sys.executable, "-m", "lit_mnist", "fit", "--config", args.config, "--data.val_size", "0"]
         fit += ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", str(args.batches)]
         fit += ["--checkpoint.monitor", "null", "--test_after_fit", "false"]
-        fit += ["--trainer.default_root_dir", tmp, "--trainer.logger.init_args.save_dir", tmp, *args.fit_args]
+        fit += ["--trainer.default_root_dir", tmp, "--trainer.logger.init_args.save_dir", tmp]
+        fit += ["--trainer.callbacks+=timing.EpochSeconds", *args.fit_args]
         command = [
             py_spy,
             "record",
@@ -179,8 +186,10 @@ def main() -> None:
             "--",
             *fit,
         ]
-        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-        if result.returncode != 0 or not raw.exists():
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "benchmarks")])}
+        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        epoch = EPOCH_LINE.search(result.stdout)
+        if result.returncode != 0 or not raw.exists() or epoch is None:
             tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
             sys.exit(f"py-spy or fit failed ({result.returncode}): {tail[0]}")
         samples = parse_raw(raw.read_text())
@@ -189,10 +198,10 @@ def main() -> None:
     parts, total = split_by_part(samples)
     if total == 0:
         sys.exit("py-spy took no sample inside the training loop: profile more --batches.")
-    seconds = total / args.rate
+    seconds = float(epoch.group(2))
     text = (
-        f"{args.config}, {args.batches} training batches, {total} py-spy samples in the training loop "
-        f"at {args.rate} Hz\n\n{table(parts, total, seconds, args.batches)}"
+        f"{args.config}, {args.batches} training batches in {seconds:.2f} s, {total} py-spy samples in "
+        f"the training loop at {args.rate} Hz\n\n{table(parts, total, seconds, args.batches)}"
     )
     if args.lightning:
         functions, _ = lightning_functions(samples)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,26 @@ class EpochTimer(Timer):
         _synchronize(pl_module)
         self.epoch_times.append(time.monotonic() - self._epoch_start)
         super().on_train_epoch_end(trainer, pl_module)
+
+
+#: The line ``EpochSeconds`` (and the Keras scripts) print after each training epoch.
+EPOCH_LINE = re.compile(r"^epoch=(\d+) seconds=([\d.]+)$", re.MULTILINE)
+
+
+class EpochSeconds(EpochTimer):
+    """``EpochTimer`` that also prints ``epoch=<k> seconds=<s>`` (``EPOCH_LINE``) after each training epoch.
+
+    For a ``python -m lit_mnist fit`` run by another script: ``--trainer.callbacks+=timing.EpochSeconds``
+    with ``benchmarks/`` on ``PYTHONPATH``.
+    """
+
+    def __init__(self) -> None:  # no arguments: the CLI's saved config cannot hold Timer's enum
+        super().__init__()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if trainer.is_global_zero:
+            print(f"epoch={trainer.current_epoch + 1} seconds={self.epoch_times[-1]:.6f}", flush=True)
 
 
 class StepTimes(L.Callback):

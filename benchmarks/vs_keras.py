@@ -7,7 +7,7 @@ The Keras side is ``benchmarks/keras/<model>.py`` (the tutorials' code, see its 
 a separate virtual environment with ``tensorflow==2.21.0`` that this script creates on first use
 (``benchmarks/.keras-venv``, git-ignored; TensorFlow is never a project dependency). The lit side
 is ``python -m lit_mnist fit --config configs/<model>.yaml --data.val_size 0
---trainer.max_epochs E --checkpoint.monitor null``, plus a callback (``EpochSeconds`` below) that
+--trainer.max_epochs E --checkpoint.monitor null``, plus a callback (``timing.EpochSeconds``) that
 prints each training epoch's wall time. Both train on all 60,000 images, with default thread
 settings, and test on the 10,000 test images. Each round runs, for every model, Keras then lit.
 
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from timing import EpochTimer, cpu_model
+from timing import EPOCH_LINE, cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 TENSORFLOW = "tensorflow==2.21.0"
@@ -47,23 +47,8 @@ MODELS = {
     "modern_mlp": (3, 100, 1.0),
     "cnn": (3, 50, 0.8),
 }
-EPOCH_LINE = re.compile(r"^vs_keras epoch=(\d+) seconds=([\d.]+)$", re.MULTILINE)
 KERAS_ACC_LINE = re.compile(r"^vs_keras test_acc=([\d.]+)$", re.MULTILINE)
 LIT_ACC_LINE = re.compile(r"^Test accuracy ([\d.]+) %", re.MULTILINE)
-
-
-class EpochSeconds(EpochTimer):
-    """``EpochTimer`` that also prints ``vs_keras epoch=<k> seconds=<s>`` after each training epoch."""
-
-    def __init__(self) -> None:  # no arguments: the CLI's saved config cannot hold Timer's enum
-        super().__init__()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if trainer.is_global_zero:
-            print(
-                f"vs_keras epoch={trainer.current_epoch + 1} seconds={self.epoch_times[-1]:.6f}", flush=True
-            )
 
 
 class BenchmarkError(Exception):
@@ -127,7 +112,7 @@ def run_lit(model: str, epochs: int, extra: list[str], log_dir: str) -> tuple[li
         # no validation: keep the final weights (test_after_fit tests them)
         "--checkpoint.monitor", "null", "--checkpoint.filename", "epoch{epoch:02d}",
         "--trainer.logger.init_args.save_dir", log_dir,
-        "--trainer.callbacks+=vs_keras.EpochSeconds", *extra,
+        "--trainer.callbacks+=timing.EpochSeconds", *extra,
     ]  # fmt: skip
     return parse_run(_run(command, env, f"lit_mnist {model}"), LIT_ACC_LINE, f"lit_mnist {model}")
 
