@@ -150,7 +150,9 @@ def table(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/mlp.yaml")
-    parser.add_argument("--batches", type=int, default=1000, help="training batches to profile")
+    parser.add_argument(
+        "--batches", type=int, default=1000, help="training batches to profile (at most one epoch's)"
+    )
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this file")
     parser.add_argument(
@@ -198,15 +200,15 @@ def main() -> None:
     parts, total = split_by_part(samples)
     if total == 0:
         sys.exit("py-spy took no sample inside the training loop: profile more --batches.")
-    seconds = float(epoch.group(2))
+    seconds, batches = float(epoch.group(2)), int(epoch.group(3))  # fewer than --batches in a short epoch
     text = (
-        f"{args.config}, {args.batches} training batches in {seconds:.2f} s, {total} py-spy samples in "
-        f"the training loop at {args.rate} Hz\n\n{table(parts, total, seconds, args.batches)}"
+        f"{args.config}, {batches} training batches in {seconds:.2f} s, {total} py-spy samples in "
+        f"the training loop at {args.rate} Hz\n\n{table(parts, total, seconds, batches)}"
     )
     if args.lightning:
         functions, _ = lightning_functions(samples)
         what = "Lightning function (its own Python and the helpers it calls)"
-        text += f"\n\n{table(functions, total, seconds, args.batches, what, args.lightning)}"
+        text += f"\n\n{table(functions, total, seconds, batches, what, args.lightning)}"
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

@@ -52,12 +52,13 @@ class EpochTimer(Timer):
         super().on_train_epoch_end(trainer, pl_module)
 
 
-#: The line ``EpochSeconds`` (and the Keras scripts) print after each training epoch.
-EPOCH_LINE = re.compile(r"^epoch=(\d+) seconds=([\d.]+)$", re.MULTILINE)
+#: The line ``EpochSeconds`` (and, without the batches, the Keras scripts) print after each training epoch.
+EPOCH_LINE = re.compile(r"^epoch=(\d+) seconds=([\d.]+)(?: batches=(\d+))?$", re.MULTILINE)
 
 
 class EpochSeconds(EpochTimer):
-    """``EpochTimer`` that also prints ``epoch=<k> seconds=<s>`` (``EPOCH_LINE``) after each training epoch.
+    """``EpochTimer`` that also prints ``epoch=<k> seconds=<s> batches=<n>`` (``EPOCH_LINE``) after each
+    training epoch.
 
     For a ``python -m lit_mnist fit`` run by another script: ``--trainer.callbacks+=timing.EpochSeconds``
     with ``benchmarks/`` on ``PYTHONPATH``.
@@ -69,7 +70,8 @@ class EpochSeconds(EpochTimer):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if trainer.is_global_zero:
-            print(f"epoch={trainer.current_epoch + 1} seconds={self.epoch_times[-1]:.6f}", flush=True)
+            seconds, batches = self.epoch_times[-1], trainer.num_training_batches
+            print(f"epoch={trainer.current_epoch + 1} seconds={seconds:.6f} batches={batches}", flush=True)
 
 
 class StepTimes(L.Callback):

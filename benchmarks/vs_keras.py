@@ -84,7 +84,7 @@ def _run(command: list[str], env: dict[str, str], what: str) -> str:
 
 def parse_run(output: str, accuracy_line: re.Pattern[str], what: str) -> tuple[list[float], float]:
     """Per-epoch seconds and the test accuracy (percent) from one run's output."""
-    epochs = [(int(k), float(s)) for k, s in EPOCH_LINE.findall(output)]
+    epochs = [(int(k), float(s)) for k, s, _ in EPOCH_LINE.findall(output)]
     found = accuracy_line.search(output)
     if not epochs or found is None:
         raise BenchmarkError(f"{what} printed no epoch times or no test accuracy")
