@@ -190,8 +190,8 @@ def main() -> None:
         ]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "benchmarks")])}
         result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-        epoch = EPOCH_LINE.search(result.stdout)
-        if result.returncode != 0 or not raw.exists() or epoch is None:
+        epochs = EPOCH_LINE.findall(result.stdout)
+        if result.returncode != 0 or not raw.exists() or not epochs:
             tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
             sys.exit(f"py-spy or fit failed ({result.returncode}): {tail[0]}")
         samples = parse_raw(raw.read_text())
@@ -200,7 +200,8 @@ def main() -> None:
     parts, total = split_by_part(samples)
     if total == 0:
         sys.exit("py-spy took no sample inside the training loop: profile more --batches.")
-    seconds, batches = float(epoch.group(2)), int(epoch.group(3))  # fewer than --batches in a short epoch
+    # over every epoch run (more with -- --trainer.max_epochs N); fewer than --batches in a short epoch
+    seconds, batches = sum(float(e[1]) for e in epochs), sum(int(e[2]) for e in epochs)
     text = (
         f"{args.config}, {batches} training batches in {seconds:.2f} s, {total} py-spy samples in "
         f"the training loop at {args.rate} Hz\n\n{table(parts, total, seconds, batches)}"
