@@ -1,22 +1,46 @@
 """Time ``fit`` of a config through the project's CLI against a plain PyTorch loop, in one process.
 
 Both sides train the same network (same initial weights), on the same batches (the data module's
-loaders and its on-device scaling), with the same optimizer, and validate on the same split each
-epoch. The Lightning side is the real ``python -m lit_mnist fit`` path (TensorBoard logger,
-checkpoints, progress lines), timed per epoch by ``lit_mnist.callbacks.EpochTimer``.
+loaders), with the same optimizer, and validate on the same split each epoch. The plain loop scales
+the uint8 pixels to [0, 1] itself, as the model's input does. The Lightning side is the real
+``python -m lit_mnist fit`` path (TensorBoard logger, checkpoints, progress lines), timed per epoch
+by ``timing.EpochTimer``.
 
     python benchmarks/bench_fit.py --config configs/mlp.yaml --epochs 3 [--device cuda] [--memory]
 
 Prints per-epoch times, their ratio (steady state: the first epoch is left out of the mean when
-there are more than two; the plain loop runs before and after ``fit`` and counts with the mean), the test accuracy of both, and peak memory. ``--memory`` also runs
-``python -m lit_mnist fit --config ...`` for one epoch in a child process and reports its peak RSS.
-``--json PATH`` also writes every figure printed to PATH (``benchmarks/device_check.py`` reads it).
+there are more than two; the plain loop runs before and after ``fit`` and counts with the mean), the
+test accuracy of both, and peak memory. ``--memory`` also runs ``python -m lit_mnist fit --config ...``
+for one epoch in a child process and reports its peak RSS. ``--json PATH`` also writes every figure
+printed to PATH (``benchmarks/device_check.py`` reads it).
+
+    python benchmarks/bench_fit.py --config configs/mlp.yaml --layers [--rounds 3] [--steps 1000] [--threads 1]
+
+``--layers`` splits the cost of a training step instead, in four layers, each timed for ``--steps``
+training steps per round, interleaved (every round runs every layer once, in turn, alternating the
+order): a plain PyTorch loop; a bare ``LightningModule`` (the config's network and optimizer,
+cross-entropy, nothing logged) in a bare ``Trainer`` (no logger, checkpoints, progress bar or
+summary, no validation); the config's own model and data module in the same bare ``Trainer``; and the
+full CLI. A step is the gap between two ``on_train_batch_start`` calls (``timing.StepTimes``, in every
+Lightning layer) or two iterations of the plain loop; the first ``--warmup`` steps of each run are
+left out. Prints a Markdown table: per layer the median ms/step over rounds (each round's median
+step, range in brackets), its increment over the layer above and its ratio to the plain loop
+(medians over rounds of the difference and the ratio within a round).
+
+    python benchmarks/bench_fit.py --config configs/cnn.yaml --precisions 32-true bf16-mixed [--rounds 4] [--steps 60]
+
+``--precisions`` times the full CLI at each ``--trainer.precision`` instead, in the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import datetime
+import functools
+import io
+import itertools
 import json
 import platform
 import resource
@@ -25,15 +49,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import lightning
+import lightning as L
 import torch
 import torch.nn.functional as F
+from timing import EpochTimer, StepTimes, cpu_model
 
-from lit_mnist.callbacks import EpochTimer
 from lit_mnist.cli import LitMNISTCLI
-from lit_mnist.models.classifier import MNISTClassifier
+from lit_mnist.models.classifier import MNIST_MEAN, MNIST_STD, MNISTClassifier
 
 
 def _sync(device: torch.device) -> None:
@@ -41,12 +68,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _standardizes(model: MNISTClassifier, datamodule: Any) -> bool:
+    """Whether the run standardizes its inputs (the model's setting)."""
+    return bool(model.standardize)
+
+
+def pixels(images: torch.Tensor, standardize: bool = False) -> torch.Tensor:
+    """uint8 images as float ``[B, 1, H, W]`` in [0, 1], scaled by hand as a plain loop would."""
+    x = images.reshape(len(images), 1, *images.shape[-2:]).float().div_(255)
+    return x.sub_(MNIST_MEAN).div_(MNIST_STD) if standardize else x
+
+
 @torch.no_grad()
-def _accuracy(model: torch.nn.Module, loader, datamodule, device: torch.device) -> float:
+def _accuracy(model: torch.nn.Module, loader, device: torch.device, standardize: bool) -> float:
     model.eval()
     correct = total = 0
-    for batch in loader:
-        x, y = datamodule.on_after_batch_transfer(datamodule.transfer_batch_to_device(batch, device, 0), 0)
+    for images, labels in loader:
+        x, y = pixels(images.to(device), standardize), labels.to(device)
         correct += (model(x).argmax(1) == y).sum().item()
         total += len(y)
     model.train()
@@ -57,6 +95,7 @@ def plain_loop(
     model: MNISTClassifier, datamodule, epochs: int, device: torch.device
 ) -> tuple[list[float], float]:
     """A hand-written loop over the data module's batches; per-epoch times and test accuracy."""
+    standardize = _standardizes(model, datamodule)
     net = model.net.to(device)
     optimizer = model.optimizer(net.parameters())
     train = datamodule.train_dataloader()
@@ -65,23 +104,219 @@ def plain_loop(
         train.sampler.set_epoch(epoch)
         _sync(device)
         start = time.monotonic()
-        for batch in train:
-            x, y = datamodule.on_after_batch_transfer(
-                datamodule.transfer_batch_to_device(batch, device, 0), 0
+        for images, labels in train:
+            x, y = (
+                pixels(images.to(device, non_blocking=True), standardize),
+                labels.to(device, non_blocking=True),
             )
             loss = F.cross_entropy(net(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         if datamodule.val_size:
-            _accuracy(net, datamodule.val_dataloader(), datamodule, device)
+            _accuracy(net, datamodule.val_dataloader(), device, standardize)
         _sync(device)
         times.append(time.monotonic() - start)
-    return times, _accuracy(net, datamodule.test_dataloader(), datamodule, device)
+    return times, _accuracy(net, datamodule.test_dataloader(), device, standardize)
 
 
 def _steady(times: list[float]) -> float:
     return statistics.mean(times[1:] if len(times) > 2 else times)
+
+
+class BareModule(L.LightningModule):
+    """The least a LightningModule needs to train: a network, cross-entropy, an optimizer; nothing logged.
+
+    Args:
+        net: The network (images to logits).
+        optimizer: A callable of the parameters that builds the optimizer.
+        standardize: Standardize the [0, 1] pixels as the config's run does.
+    """
+
+    def __init__(
+        self, net: torch.nn.Module, optimizer: Callable[..., torch.optim.Optimizer], standardize: bool
+    ):
+        super().__init__()
+        self.net = net
+        self.make_optimizer = optimizer
+        self.standardize = standardize
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        return F.cross_entropy(self.net(pixels(images, self.standardize)), labels)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.make_optimizer(self.parameters())
+
+
+def _median_step_ms(starts: list[float], warmup: int) -> float:
+    """The median gap between consecutive step starts after the first ``warmup`` steps, in ms."""
+    kept = starts[warmup:]
+    return 1e3 * statistics.median(b - a for a, b in itertools.pairwise(kept))
+
+
+def _plain_steps(model: MNISTClassifier, datamodule, steps: int, device: torch.device) -> list[float]:
+    standardize = _standardizes(model, datamodule)
+    net = model.net.to(device)
+    optimizer = model.optimizer(net.parameters())
+    starts = []
+    batches: Iterable = datamodule.train_dataloader()
+    for _, (images, labels) in zip(range(steps), batches, strict=False):
+        starts.append(time.perf_counter())
+        x, y = pixels(images.to(device, non_blocking=True), standardize), labels.to(device, non_blocking=True)
+        loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    _sync(device)
+    return starts
+
+
+def _bare_trainer(steps: int, accelerator: str, timer: StepTimes) -> L.Trainer:
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+
+
+#: The four layers of ``--layers``, in the order they add to one another.
+LAYERS = (
+    "plain PyTorch loop",
+    "bare LightningModule in a bare Trainer",
+    "the project's module and data module in a bare Trainer",
+    "the full CLI (`fit`)",
+)
+
+
+def _full_cli(cli_args: list[str], steps: int) -> list[float]:
+    timer = StepTimes()
+    cli = LitMNISTCLI(args=[*cli_args, "--trainer.limit_train_batches", str(steps)], run=False)
+    cli.trainer.callbacks.append(timer)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return timer.starts
+
+
+def layer_runs(
+    cli_args: list[str], fresh: MNISTClassifier, datamodule, args: argparse.Namespace
+) -> dict[str, Callable[[], list[float]]]:
+    """The four ``LAYERS``, each a run of ``args.steps`` steps from ``fresh``'s weights returning the step starts."""
+    device = torch.device(args.device)
+    accelerator = "gpu" if args.device == "cuda" else "cpu"
+    standardize = _standardizes(fresh, datamodule)
+
+    def plain() -> list[float]:
+        return _plain_steps(copy.deepcopy(fresh), datamodule, args.steps, device)
+
+    def bare() -> list[float]:
+        model = copy.deepcopy(fresh)
+        timer = StepTimes()
+        module = BareModule(model.net, model.optimizer, standardize)
+        _bare_trainer(args.steps, accelerator, timer).fit(
+            module, train_dataloaders=datamodule.train_dataloader()
+        )
+        return timer.starts
+
+    def ours() -> list[float]:
+        timer = StepTimes()
+        _bare_trainer(args.steps, accelerator, timer).fit(copy.deepcopy(fresh), datamodule=datamodule)
+        return timer.starts
+
+    def full() -> list[float]:
+        return _full_cli(cli_args, args.steps)
+
+    return dict(zip(LAYERS, (plain, bare, ours, full), strict=True))
+
+
+def precision_runs(cli_args: list[str], args: argparse.Namespace) -> dict[str, Callable[[], list[float]]]:
+    """The full CLI at each of ``args.precisions`` (``--trainer.precision``)."""
+    return {
+        f"the full CLI (`fit`), precision {precision}": functools.partial(
+            _full_cli, [*cli_args, "--trainer.precision", precision], args.steps
+        )
+        for precision in args.precisions
+    }
+
+
+def interleaved(
+    runs: dict[str, Callable[[], list[float]]], args: argparse.Namespace
+) -> dict[str, list[float]]:
+    """Median ms/step of every run in every round (in order, reversed every other round)."""
+    names = list(runs)
+    results: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(args.rounds):
+        for name in names if round_ % 2 == 0 else reversed(names):
+            with contextlib.redirect_stdout(io.StringIO()):  # the CLI's summary and progress lines
+                starts = runs[name]()
+            results[name].append(_median_step_ms(starts, args.warmup))
+            print(
+                f"round {round_ + 1}/{args.rounds} {name}: {results[name][-1]:.3f} ms/step", file=sys.stderr
+            )
+    return results
+
+
+def _spread(values: list[float], digits: int = 3) -> str:
+    median = f"{statistics.median(values):.{digits}f}"
+    if len(values) == 1:
+        return median
+    return f"{median} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+def layers_table(
+    results: dict[str, list[float]], command: str, args: argparse.Namespace
+) -> tuple[str, dict[str, Any]]:
+    """The Markdown report of ``--layers`` or ``--precisions`` and its figures."""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    hardware = torch.cuda.get_device_name() if args.device == "cuda" else cpu_model()
+    what = "layer" if results.keys() == set(LAYERS) else "run"
+    lines = [
+        f"Measured {now} with `{command}` ({args.rounds} interleaved rounds of {args.steps} steps, "
+        f"the first {args.warmup} of each run left out) on {hardware}, {torch.get_num_threads()} threads; "
+        f"Python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}.",
+        "",
+        f"| {what} | median ms/step | increment over the {what} above | × the first {what} |",
+        "|---|---|---|---|",
+    ]
+    figures: dict[str, Any] = {"runs": {}}
+    names = list(results)
+    first = results[names[0]]
+    for previous, name in zip([None, *names], names, strict=False):
+        values = results[name]
+        figures["runs"][name] = {"ms_per_step": values}
+        increment = ratio = "—"
+        if previous is not None:
+            diffs = [b - a for a, b in zip(results[previous], values, strict=True)]
+            ratios = [b / a for a, b in zip(first, values, strict=True)]
+            increment = f"{'+' if statistics.median(diffs) >= 0 else ''}{_spread(diffs)}"
+            ratio = _spread(ratios, 2)
+            figures["runs"][name].update(increment_ms=diffs, ratio_to_first=ratios)
+        lines.append(f"| {name} | {_spread(values)} | {increment} | {ratio} |")
+    if what == "layer":
+        plain, bare, _, full = (results[name] for name in LAYERS)
+        lightning_ms = [b - p for b, p in zip(bare, plain, strict=True)]
+        own = [f - b for f, b in zip(full, bare, strict=True)]
+        lines += [
+            "",
+            f"Lightning's own loop (bare Trainer over the plain loop): {_spread(lightning_ms)} ms/step; "
+            f"this project's (full CLI over the bare Trainer): {_spread(own)} ms/step.",
+        ]
+        figures.update(lightning_ms=lightning_ms, project_ms=own)
+    figures.update(
+        hardware=hardware,
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        lightning=lightning.__version__,
+        date=now,
+    )
+    return "\n".join(lines) + "\n", figures
 
 
 def main() -> None:
@@ -100,10 +335,25 @@ def main() -> None:
         help="torch CPU threads (default: torch's choice). On a 2-core machine 2 threads run small "
         "batches at either of two speeds, varying between and within runs; 1 thread is steady",
     )
+    parser.add_argument("--layers", action="store_true", help="split a step's cost in four layers instead")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=None,
+        metavar="PRECISION",
+        help="time the full CLI at each of these trainer precisions (e.g. 32-true bf16-mixed), as --layers does",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--layers: interleaved rounds (default 3)")
+    parser.add_argument("--steps", type=int, default=1000, help="--layers: steps per layer and round")
+    parser.add_argument("--warmup", type=int, default=20, help="--layers: first steps of a run left out")
+    parser.add_argument("--out", type=Path, default=None, help="--layers: also write the table to this file")
     parser.add_argument(
         "cli_args", nargs="*", help="extra CLI overrides, e.g. --trainer.precision=bf16-mixed"
     )
     args = parser.parse_args()
+    stepwise = args.layers or args.precisions
+    if stepwise and (args.rounds < 1 or args.steps < args.warmup + 3 or args.warmup < 0):
+        parser.error("--layers and --precisions need --rounds 1 or more and --steps at least --warmup + 3")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -112,12 +362,29 @@ def main() -> None:
     accelerator = "gpu" if args.device == "cuda" else "cpu"
     overrides = {
         "--config": args.config,
-        "--trainer.max_epochs": str(args.epochs),
+        "--trainer.max_epochs": "1" if stepwise else str(args.epochs),
         "--trainer.accelerator": accelerator,
         "--trainer.devices": "1",
         "--trainer.logger.init_args.save_dir": logs,
     }
-    cli = LitMNISTCLI(args=[*(x for kv in overrides.items() for x in kv), *args.cli_args], run=False)
+    cli_args = [*(x for kv in overrides.items() for x in kv), *args.cli_args]
+    cli = LitMNISTCLI(args=cli_args, run=False)
+    if stepwise:
+        if args.precisions:
+            results = interleaved(precision_runs(cli_args, args), args)
+        else:
+            cli.datamodule.setup("fit")
+            results = interleaved(layer_runs(cli_args, copy.deepcopy(cli.model), cli.datamodule, args), args)
+        command = " ".join(["python", "benchmarks/bench_fit.py", *sys.argv[1:]])
+        report, figures = layers_table(results, command, args)
+        print(report, end="")
+        if args.out:
+            args.out.write_text(report)
+        if args.json:
+            args.json.write_text(
+                json.dumps({"config": args.config, "cli_args": args.cli_args, **figures}, indent=1) + "\n"
+            )
+        return
     cli.trainer.callbacks.append(timer)
     fresh = copy.deepcopy(cli.model)
     device = torch.device(args.device)

@@ -2,7 +2,7 @@
 
 Every variant is the same network (``cnn_network``'s layers and the same initial weights),
 trained with the shipped config's RMSprop on the same real MNIST batches of 50; only how the
-layers compute differs. Variants run interleaved (each round times every variant once, in
+layers compute (or in which precision) differs. Variants run interleaved (each round times every variant once, in
 turn, for ``--steps`` steps) and the table shows the median ms/step over the rounds: the machine
 is shared and its speed drifts from minute to minute, so only ratios measured interleaved in
 one sitting mean anything, not the absolute figures.
@@ -64,7 +64,7 @@ def variant(base: nn.Sequential, mask: bool, pool_pad: bool = False) -> nn.Seque
 
 
 def make_variants(base: nn.Sequential) -> dict[str, tuple[nn.Sequential, bool, str]]:
-    """Name -> (network, channels-last input, setting: "" or "flush denormals" or "oneDNN off")."""
+    """Name -> (network, channels-last input, setting: "", "flush denormals", "oneDNN off" or "bf16 autocast")."""
     cl = torch.channels_last
 
     def default() -> nn.Sequential:
@@ -82,6 +82,7 @@ def make_variants(base: nn.Sequential) -> dict[str, tuple[nn.Sequential, bool, s
         ),
         "default + flush denormals": (default(), False, "flush denormals"),
         "default + oneDNN off": (default(), False, "oneDNN off"),
+        "default + bf16 autocast": (default(), False, "bf16 autocast"),
     }
 
 
@@ -97,13 +98,18 @@ def batches(count: int, batch_size: int = 50) -> list[tuple[torch.Tensor, torch.
     return out
 
 
-def make_step(net: nn.Module, channels_last: bool) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def make_step(
+    net: nn.Module, channels_last: bool, bf16: bool = False
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One training step; ``bf16`` runs the forward and the loss under ``torch.autocast("cpu", torch.bfloat16)``
+    as Lightning's ``precision: bf16-mixed`` does (weights, gradients and optimizer stay float32)."""
     optimizer = torch.optim.RMSprop(net.parameters(), lr=0.001, alpha=0.9, eps=3.16e-4)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(net(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(net(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -153,7 +159,10 @@ def main() -> None:
             n: v for n, v in variants.items() if n.startswith("baseline") or any(k in n for k in keys)
         }
     data = batches(args.steps)
-    steps = {name: make_step(net.train(), cl) for name, (net, cl, _) in variants.items()}
+    steps = {
+        name: make_step(net.train(), cl, bf16=setting == "bf16 autocast")
+        for name, (net, cl, setting) in variants.items()
+    }
     for name, step in steps.items():  # warm-up: allocator, oneDNN primitive caches, optimizer state
         time_steps(step, data[:5], variants[name][2])
     results: dict[str, list[float]] = {name: [] for name in variants}

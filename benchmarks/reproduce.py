@@ -57,9 +57,11 @@ def run(
     wall = time.monotonic() - start
     if result.returncode != 0:
         raise SystemExit(f"{config} (seed {seed}) failed:\n{result.stderr[-3000:]}")
-    acc = float(re.search(r"test/acc\W+([\d.]+)", result.stdout).group(1))
-    loss = float(re.search(r"test/loss\s+([\d.]+)", result.stdout).group(1))
-    return 100 * acc, loss, wall
+    # the CLI's own line after testing (Lightning's results table is drawn with rich when it is installed)
+    found = re.search(r"^Test accuracy ([\d.]+) %, loss ([\d.]+)$", result.stdout, re.M)
+    if found is None:
+        raise SystemExit(f"{config} (seed {seed}) printed no test accuracy:\n{result.stdout[-3000:]}")
+    return float(found.group(1)), float(found.group(2)), wall
 
 
 def main() -> None:

@@ -28,8 +28,8 @@ from pathlib import Path  # noqa: E402
 
 import lightning  # noqa: E402
 import torch  # noqa: E402
+from timing import EpochTimer  # noqa: E402
 
-from lit_mnist.callbacks import EpochTimer  # noqa: E402
 from lit_mnist.cli import LitMNISTCLI  # noqa: E402
 
 IMPORTED = time.monotonic()

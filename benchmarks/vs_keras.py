@@ -7,7 +7,7 @@ The Keras side is ``benchmarks/keras/<model>.py`` (the tutorials' code, see its 
 a separate virtual environment with ``tensorflow==2.21.0`` that this script creates on first use
 (``benchmarks/.keras-venv``, git-ignored; TensorFlow is never a project dependency). The lit side
 is ``python -m lit_mnist fit --config configs/<model>.yaml --data.val_size 0
---trainer.max_epochs E --checkpoint.monitor null``, plus a callback (``EpochSeconds`` below) that
+--trainer.max_epochs E --checkpoint.monitor null``, plus a callback (``timing.EpochSeconds``) that
 prints each training epoch's wall time. Both train on all 60,000 images, with default thread
 settings, and test on the 10,000 test images. Each round runs, for every model, Keras then lit.
 
@@ -32,39 +32,23 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-
-from lit_mnist.callbacks import EpochTimer
+from timing import EPOCH_LINE, cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 TENSORFLOW = "tensorflow==2.21.0"
 #: model -> (default epochs, batch size, target ratio lit/Keras).
 MODELS = {
     "mlp": (3, 32, 0.8),
-    "dropout": (3, 32, 1.0),
-    "dense512": (3, 128, 1.0),
-    "scratch": (4, 128, 1.0),
-    "linear": (5, 200, 1.0),
-    "fc_sigmoid": (3, 50, 1.0),
-    "modern_mlp": (3, 100, 1.0),
+    "dropout": (3, 32, 0.8),
+    "dense512": (3, 128, 0.8),
+    "scratch": (4, 128, 0.8),
+    "linear": (5, 200, 0.8),
+    "fc_sigmoid": (3, 50, 0.8),
+    "modern_mlp": (3, 100, 0.8),
     "cnn": (3, 50, 0.8),
 }
-EPOCH_LINE = re.compile(r"^vs_keras epoch=(\d+) seconds=([\d.]+)$", re.MULTILINE)
 KERAS_ACC_LINE = re.compile(r"^vs_keras test_acc=([\d.]+)$", re.MULTILINE)
 LIT_ACC_LINE = re.compile(r"^Test accuracy ([\d.]+) %", re.MULTILINE)
-
-
-class EpochSeconds(EpochTimer):
-    """``EpochTimer`` that also prints ``vs_keras epoch=<k> seconds=<s>`` after each training epoch."""
-
-    def __init__(self) -> None:  # no arguments: the CLI's saved config cannot hold Timer's enum
-        super().__init__()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if trainer.is_global_zero:
-            print(
-                f"vs_keras epoch={trainer.current_epoch + 1} seconds={self.epoch_times[-1]:.6f}", flush=True
-            )
 
 
 class BenchmarkError(Exception):
@@ -100,7 +84,7 @@ def _run(command: list[str], env: dict[str, str], what: str) -> str:
 
 def parse_run(output: str, accuracy_line: re.Pattern[str], what: str) -> tuple[list[float], float]:
     """Per-epoch seconds and the test accuracy (percent) from one run's output."""
-    epochs = [(int(k), float(s)) for k, s in EPOCH_LINE.findall(output)]
+    epochs = [(int(k), float(s)) for k, s, _ in EPOCH_LINE.findall(output)]
     found = accuracy_line.search(output)
     if not epochs or found is None:
         raise BenchmarkError(f"{what} printed no epoch times or no test accuracy")
@@ -128,7 +112,7 @@ def run_lit(model: str, epochs: int, extra: list[str], log_dir: str) -> tuple[li
         # no validation: keep the final weights (test_after_fit tests them)
         "--checkpoint.monitor", "null", "--checkpoint.filename", "epoch{epoch:02d}",
         "--trainer.logger.init_args.save_dir", log_dir,
-        "--trainer.callbacks+=vs_keras.EpochSeconds", *extra,
+        "--trainer.callbacks+=timing.EpochSeconds", *extra,
     ]  # fmt: skip
     return parse_run(_run(command, env, f"lit_mnist {model}"), LIT_ACC_LINE, f"lit_mnist {model}")
 
@@ -140,16 +124,6 @@ def _spread(values: list[float], digits: int = 2) -> str:
     if len(values) == 1:
         return median
     return f"{median} ({min(values):.{digits}f}–{max(values):.{digits}f})"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _versions(python: Path | None) -> str:
@@ -178,7 +152,7 @@ def table(results: dict[str, dict[str, Any]], rounds: int, python: Path | None) 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"Measured {now} with `python benchmarks/vs_keras.py` ({rounds} interleaved rounds, "
-        f"all 60,000 training images, default threads) on {_cpu_model()}, {os.cpu_count()} cores; "
+        f"all 60,000 training images, default threads) on {cpu_model()}, {os.cpu_count()} cores; "
         f"{_versions(python)}.",
         "",
         "| model | epochs | batch | Keras s/epoch | lit_mnist s/epoch | ratio lit/Keras | target | Keras test acc | lit_mnist test acc |",

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch import callbacks
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelSummary, ProgressBar, Timer
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelSummary, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.model_summary import summarize
 from matplotlib.figure import Figure
@@ -43,7 +43,9 @@ class LineProgressBar(ProgressBar):
         self.lines_per_epoch = lines_per_epoch
         self._enabled = True
         self._epoch_start = 0.0
-        self._lines_printed = 0
+        self._total = 0
+        self._every = 0
+        self._next_line = math.inf
 
     def disable(self) -> None:
         self._enabled = False
@@ -60,20 +62,22 @@ class LineProgressBar(ProgressBar):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
-        self._lines_printed = 0
+        total = self.total_train_batches
+        lines = isinstance(total, int) and total >= 2 * self.lines_per_epoch
+        self._total = total if lines else 0
+        self._every = total // self.lines_per_epoch if lines else 0
+        self._next_line = self._every if lines else math.inf
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        total = self.total_train_batches
-        if not isinstance(total, int) or total < 2 * self.lines_per_epoch:
-            return
         done = batch_idx + 1
-        step = total // self.lines_per_epoch
-        if done // step > self._lines_printed and done < total - step // 2:
-            self._lines_printed = done // step
+        if done < self._next_line:  # all but a few batches per epoch stop here
+            return
+        self._next_line = (done // self._every + 1) * self._every
+        if done < self._total - self._every // 2:
             elapsed = time.perf_counter() - self._epoch_start
-            self._print(f"{self._epoch(trainer)}: {done}/{total} batches, {elapsed:.1f} s")
+            self._print(f"{self._epoch(trainer)}: {done}/{self._total} batches, {elapsed:.1f} s")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         elapsed = time.perf_counter() - self._epoch_start
@@ -82,45 +86,6 @@ class LineProgressBar(ProgressBar):
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(metrics.items())
         )
         self._print(f"{self._epoch(trainer)} done in {elapsed:.1f} s  {shown}")
-
-
-def _synchronize(module: L.LightningModule) -> None:
-    """Wait for the module's device, so that wall-clock times include its queued work."""
-    if module.device.type == "cuda":
-        torch.cuda.synchronize(module.device)
-
-
-class EpochTimer(Timer):
-    """Lightning's ``Timer`` plus the wall time of each training epoch (validation included).
-
-    Times are taken after the accelerator has finished its queued work, so they are honest on GPU.
-    ``time_elapsed("train")`` is the fit loop's wall time, from ``on_train_start`` to ``on_train_end``.
-
-    Args:
-        **kwargs: Lightning ``Timer``'s arguments (``duration``, ``interval``, ``verbose``).
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.epoch_times: list[float] = []
-        self._epoch_start = 0.0
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _synchronize(pl_module)
-        super().on_train_start(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _synchronize(pl_module)
-        super().on_train_end(trainer, pl_module)
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _synchronize(pl_module)
-        self._epoch_start = time.monotonic()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _synchronize(pl_module)
-        self.epoch_times.append(time.monotonic() - self._epoch_start)
-        super().on_train_epoch_end(trainer, pl_module)
 
 
 def _is_metrics(module: nn.Module) -> bool:

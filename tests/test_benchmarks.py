@@ -1,4 +1,4 @@
-"""The benchmark scripts run end to end (tiny CPU versions; their real numbers are in the README)."""
+"""The benchmark scripts run end to end (tiny CPU versions; their real numbers are in docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,45 @@ def test_bench_fit_cpu_smoke():
     lit, plain = (float(x) for x in re.search(r"lightning ([\d.]+) %, plain ([\d.]+) %", out).groups())
     assert re.search(r"ratio lightning/plain: [\d.]+", out)
     assert 0 <= lit <= 100 and plain > 80  # the plain loop trains a full epoch
+
+
+def test_bench_fit_layers_smoke(tmp_path):
+    """``--layers`` times the four layers in every round and prints each one's median and increment."""
+    out = _run(
+        "bench_fit.py", "--layers", "--config", "configs/mlp.yaml", "--rounds", "2", "--steps", "8",
+        "--warmup", "2", "--threads", "1", "--json", str(tmp_path / "layers.json"),
+    )  # fmt: skip
+    rows = re.findall(r"^\| ([^|]+) \| ([\d.]+) \(([\d.]+)–([\d.]+)\) \| ([^|]+) \| ([^|]+) \|$", out, re.M)
+    assert [row[0] for row in rows] == [
+        "plain PyTorch loop",
+        "bare LightningModule in a bare Trainer",
+        "the project's module and data module in a bare Trainer",
+        "the full CLI (`fit`)",
+    ], out
+    for _, median, low, high, _, _ in rows:
+        assert 0 < float(low) <= float(median) <= float(high)
+    assert rows[0][4] == rows[0][5] == "—"
+    assert all(re.fullmatch(r"[+-][\d.]+ \([-\d.]+–[-\d.]+\)", r[4]) for r in rows[1:])
+    assert all(re.fullmatch(r"[\d.]+ \([\d.]+–[\d.]+\)", r[5]) for r in rows[1:])
+    assert re.search(r"^Lightning's own loop \(bare Trainer over the plain loop\): [-\d.]+ \(", out, re.M)
+    assert "with `python benchmarks/bench_fit.py --layers --config configs/mlp.yaml --rounds 2" in out
+    figures = json.loads((tmp_path / "layers.json").read_text())
+    assert [len(layer["ms_per_step"]) for layer in figures["runs"].values()] == [2, 2, 2, 2]
+
+
+def test_bench_fit_precisions_smoke():
+    """``--precisions`` times the full CLI at each precision and gives each one's ratio to the first."""
+    out = _run(
+        "bench_fit.py", "--precisions", "32-true", "bf16-mixed", "--config", "configs/mlp.yaml",
+        "--rounds", "1", "--steps", "6", "--warmup", "1",
+    )  # fmt: skip
+    rows = re.findall(
+        r"^\| the full CLI \(`fit`\), precision (\S+) \| ([\d.]+) \| ([^|]+) \| ([^|]+) \|$", out, re.M
+    )
+    assert [row[0] for row in rows] == ["32-true", "bf16-mixed"], out
+    (_, fp32, _, _), (_, bf16, increment, ratio) = rows
+    assert float(increment) == pytest.approx(float(bf16) - float(fp32), abs=2e-3)
+    assert float(ratio) == pytest.approx(float(bf16) / float(fp32), abs=1e-2)
 
 
 @pytest.mark.slow
@@ -153,8 +192,55 @@ def test_profile_fit_sorts_samples_into_parts_by_their_deepest_known_frame():
     assert "| network forward | 23.8 % | 0.238 |" in profile_fit.table(parts, total, 0.021, 21)
 
 
+def test_profile_fit_names_the_lightning_functions_that_run_their_own_python():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import profile_fit
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    loop = "fit (x.py:1);_TrainingEpochLoop.advance (lightning/pytorch/loops/training_epoch_loop.py:352)"
+    hooks = f"{loop};_call_callback_hooks (lightning/pytorch/trainer/call.py:227)"
+    raw = "\n".join(
+        [
+            f"{hooks};_GeneratorContextManager.__enter__ (contextlib.py:137) 4",
+            f"{hooks};LineProgressBar.on_train_batch_end (lit_mnist/callbacks.py:66) 3",
+            f"{hooks};ModelCheckpoint.on_train_batch_end (lightning/pytorch/callbacks/model_checkpoint.py:300) 2",
+            f"{loop};is_param_in_hook_signature (lightning/pytorch/utilities/signature_utils.py:29);getfullargspec (inspect.py:1356) 5",
+            f"{loop} 1",
+            f"{loop};Adam.step (torch/optim/adam.py:248);_fused_adam (torch/optim/adam.py:879) 7",
+        ]
+    )
+    functions, total = profile_fit.lightning_functions(profile_fit.parse_raw(raw))
+    assert total == 22
+    assert functions == {
+        "_call_callback_hooks (lightning/pytorch/trainer/call.py)": 4,  # contextlib, for the profiler
+        "ModelCheckpoint.on_train_batch_end (lightning/pytorch/callbacks/model_checkpoint.py)": 2,
+        "is_param_in_hook_signature (lightning/pytorch/utilities/signature_utils.py)": 5,
+        "_TrainingEpochLoop.advance (lightning/pytorch/loops/training_epoch_loop.py)": 1,
+    }  # our progress bar's 3 and the optimizer kernels' 7 are not Lightning's own
+    text = profile_fit.table(functions, total, 0.022, 22, "Lightning function", rows=2)
+    assert text.splitlines()[2:] == [
+        "| is_param_in_hook_signature (lightning/pytorch/utilities/signature_utils.py) | 22.7 % | 0.227 |",
+        "| _call_callback_hooks (lightning/pytorch/trainer/call.py) | 18.2 % | 0.182 |",
+        "| **training loop** | 100 % | 1.000 |",
+    ]
+
+
 def test_profile_fit_smoke():
-    out = _run("profile_fit.py", "--config", "configs/linear.yaml", "--batches", "60", "--rate", "100")
-    shares = [float(x) for x in re.findall(r"^\| [^*|][^|]* \| ([\d.]+) % \| [\d.]+ \|$", out, re.M)]
+    out = _run(
+        "profile_fit.py",
+        "--config",
+        "configs/linear.yaml",
+        "--batches",
+        "60",
+        "--rate",
+        "100",
+        "--lightning",
+        "3",
+    )
+    parts, functions = out.split("| Lightning function (its own Python and the helpers it calls) |")
+    shares = [float(x) for x in re.findall(r"^\| [^*|][^|]* \| ([\d.]+) % \| [\d.]+ \|$", parts, re.M)]
     assert shares and abs(sum(shares) - 100) < 1, out
-    assert re.search(r"^\| \*\*training loop\*\* \| 100 % \| [\d.]+ \|$", out, re.M), out
+    assert re.search(r"^\| \*\*training loop\*\* \| 100 % \| [\d.]+ \|$", parts, re.M), out
+    named = re.findall(r"^\| (\S+) \(lightning/[\w/]+\.py\) \| ([\d.]+) % \|", functions, re.M)
+    assert len(named) <= 3 and sum(float(share) for _, share in named) < 100, out  # few samples: maybe none

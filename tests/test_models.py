@@ -241,7 +241,12 @@ TRAINER_CONFIGS = sorted(
 )  # the DDP configs run in test_ddp.py and test_multinode.py
 #: Each trainer config is composed onto one model config, so every YAML runs without paying a
 #: process start for each trainer config alone; gpu and tpu run with the accelerator set to cpu.
-TRAINER_FOR = {"mlp.yaml": "cpu.yaml", "cnn.yaml": "gpu.yaml", "scratch.yaml": "tpu.yaml"}
+TRAINER_FOR = {
+    "mlp.yaml": "cpu.yaml",
+    "cnn.yaml": "cpu_bf16.yaml",
+    "modern_mlp.yaml": "gpu.yaml",
+    "scratch.yaml": "tpu.yaml",
+}
 
 
 def test_every_seed_model_and_trainer_has_a_config():
@@ -257,7 +262,11 @@ def test_every_seed_model_and_trainer_has_a_config():
         "scratch",
     }
     assert {Path(name).stem for name in MODEL_CONFIGS} >= tutorials
-    assert sorted(TRAINER_FOR.values()) == TRAINER_CONFIGS == ["cpu.yaml", "gpu.yaml", "tpu.yaml"]
+    assert (
+        sorted(TRAINER_FOR.values())
+        == TRAINER_CONFIGS
+        == ["cpu.yaml", "cpu_bf16.yaml", "gpu.yaml", "tpu.yaml"]
+    )
 
 
 @pytest.mark.parametrize("config", MODEL_CONFIGS)
@@ -267,7 +276,7 @@ def test_config_runs(config: str, tmp_path: Path):
     trainer = TRAINER_FOR.get(config)
     if trainer is not None:
         args += ["--config", f"configs/trainer/{trainer}"]
-        if trainer != "cpu.yaml":
+        if not trainer.startswith("cpu"):
             args.append("--trainer.accelerator=cpu")
     result = run_cli(
         "fit", *args,

@@ -27,7 +27,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lit_mnist import MLP, DropoutMLP, MNISTDataModule
 from lit_mnist.__main__ import main as cli_main
-from lit_mnist.callbacks import TensorBoardFigures, keras_summary
+from lit_mnist.callbacks import LineProgressBar, TensorBoardFigures, keras_summary
 from lit_mnist.data import load_mnist
 from lit_mnist.data.images import load_image_folder, mnist_digit
 from lit_mnist.errors import LitMNISTError
@@ -346,3 +346,22 @@ def test_validation_figures_every_n_epochs_and_the_last(tiny_mnist: Path, tmp_pa
     events = EventAccumulator(str(tmp_path / "run" / "version_0"), size_guidance={"images": 0})
     events.Reload()
     assert [image.step for image in events.Images("val/confusion_matrix")] == [4, 8, 10]
+
+
+@pytest.mark.parametrize(("lines_per_epoch", "at"), [(4, [10, 20, 30]), (3, [13, 26])])
+def test_line_progress_bar_prints_at_each_part_of_the_epoch(
+    lines_per_epoch: int, at: list[int], tiny_mnist: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """40 batches: a line after each 40 // lines_per_epoch batches but the last part's, then the epoch's metrics."""
+    model = MLP()
+    data = MNISTDataModule(data_dir=str(tiny_mnist), batch_size=2, val_size=40)
+    bar = LineProgressBar(lines_per_epoch=lines_per_epoch)
+    quiet_trainer(max_epochs=2, enable_progress_bar=True, callbacks=[bar]).fit(model, data)
+    lines = capsys.readouterr().out.splitlines()
+    for epoch in (1, 2):
+        progress = [line for line in lines if line.startswith(f"epoch {epoch}/2: ")]
+        assert [re.match(r"epoch \d/2: (\d+)/40 batches, [\d.]+ s$", line)[1] for line in progress] == [
+            str(n) for n in at
+        ]
+        (done,) = [line for line in lines if line.startswith(f"epoch {epoch}/2 done in ")]
+        assert re.search(r"train/acc 0\.\d{4}  train/loss \d+\.\d{4}  val/acc 0\.\d{4}  val/loss", done), done

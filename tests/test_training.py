@@ -10,12 +10,14 @@ from collections import Counter
 import lightning as L
 import pytest
 import torch
-from helpers import REPO, quiet_trainer
+from helpers import REPO, quiet_trainer, write_mnist
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_mnist import MLP, MNISTDataModule
 from lit_mnist.cli import LitMNISTCLI
+from lit_mnist.errors import LitMNISTError
+from lit_mnist.models.classifier import TRAIN_METRICS_EVERY
 
 
 @pytest.fixture(scope="module")
@@ -46,21 +48,114 @@ def test_tensorboard_event_file_has_the_scalars(one_epoch):
     assert 0.9 < events.Scalars("val/acc")[-1].value <= 1.0
 
 
-def test_epoch_metrics_cover_every_batch(tiny_mnist):
-    """train/ and val/ metrics are over the whole epoch, not over the batch they were logged on."""
+class EpochBatches(L.Callback):
+    """Each split's batches of its last epoch as the model was given them, and the training metrics
+    as a callback reads them in ``on_train_epoch_end`` (before the model's own hook, as progress bars do)."""
+
+    def __init__(self) -> None:
+        self.batches: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.read_at_epoch_end: dict[str, torch.Tensor] = {}
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.batches["train"] = []
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self.batches["val"] = []
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        self.batches["test"] = []
+
+    def _keep(self, split, batch):
+        self.batches[split].append((batch[0].clone(), batch[1].clone()))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._keep("train", batch)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._keep("val", batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._keep("test", batch)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        metrics = trainer.callback_metrics
+        self.read_at_epoch_end = {k: metrics[k].clone() for k in ("train/acc", "train/loss")}
+
+
+def _expected(model, batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accuracy and mean cross-entropy over every sample of ``batches``, computed here from the logits."""
+    images, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    with torch.no_grad():
+        logits = model(images)
+    return (logits.argmax(1) == labels).float().mean(), torch.nn.functional.cross_entropy(logits, labels)
+
+
+@pytest.mark.parametrize(
+    ("stop", "last_epoch_batches"),
+    [({}, 107), ({"max_steps": 150}, 150 - 107), ({"val_check_interval": 30}, 107)],
+    ids=["two-epochs", "max-steps-mid-epoch", "validation-mid-epoch"],
+)
+def test_epoch_metrics_are_over_every_sample_when_the_last_batch_is_short(stop, last_epoch_batches, tmp_path):
+    """train/, val/ and test/ metrics are over every sample of the epoch, batches weighted by their size.
+
+    960 training images in batches of 9 are 107 batches, the last of 6 (more than the
+    ``TRAIN_METRICS_EVERY`` steps after which the training metrics are handed to torchmetrics);
+    40 validation and 40 test images in batches of 16 end with a batch of 8. A callback reading
+    the training metrics in its ``on_train_epoch_end`` sees the same values.
+    """
+    assert TRAIN_METRICS_EVERY < 106
+    data_dir = write_mnist(tmp_path / "data", n_train=1000, n_test=40)
     L.seed_everything(0)
     model = MLP(optimizer=lambda params: torch.optim.SGD(params, lr=0.0))  # weights stay fixed
-    data = MNISTDataModule(data_dir=str(tiny_mnist), batch_size=16, eval_batch_size=8, val_size=40)
-    trainer = quiet_trainer(max_epochs=2)
+    data = MNISTDataModule(data_dir=str(data_dir), batch_size=9, eval_batch_size=16, val_size=40)
+    seen = EpochBatches()
+    trainer = quiet_trainer(max_epochs=2, callbacks=[seen], **stop)
     trainer.fit(model, data)
-    for split in ("train", "val"):
-        images, labels = data.splits[split]
-        with torch.no_grad():
-            logits = model(images.unsqueeze(1).float() / 255)
-        expected_acc = (logits.argmax(1) == labels).float().mean()
-        expected_loss = torch.nn.functional.cross_entropy(logits, labels)
-        torch.testing.assert_close(trainer.callback_metrics[f"{split}/acc"], expected_acc)
-        torch.testing.assert_close(trainer.callback_metrics[f"{split}/loss"], expected_loss)
+    metrics = dict(trainer.callback_metrics)
+    trainer.test(model, data, verbose=False)
+    metrics.update(trainer.callback_metrics)
+    assert len(seen.batches["train"]) == last_epoch_batches
+    assert (
+        [len(b[1]) for b in seen.batches["val"]] == [len(b[1]) for b in seen.batches["test"]] == [16, 16, 8]
+    )
+    for split, batches in seen.batches.items():
+        acc, loss = _expected(model, batches)
+        torch.testing.assert_close(metrics[f"{split}/acc"], acc)
+        torch.testing.assert_close(metrics[f"{split}/loss"], loss)
+    acc, loss = _expected(model, seen.batches["train"])
+    torch.testing.assert_close(seen.read_at_epoch_end["train/acc"], acc)
+    torch.testing.assert_close(seen.read_at_epoch_end["train/loss"], loss)
+
+
+class NaNInOneBatch(L.Callback):
+    """Makes the network's outputs NaN for one training batch (a NaN weight during that step)."""
+
+    def __init__(self, batch_idx: int) -> None:
+        self.batch_idx = batch_idx
+        self.kept: torch.Tensor | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.batch_idx:
+            weight = next(pl_module.net.parameters())
+            self.kept = weight.detach().clone()
+            with torch.no_grad():
+                weight[0, 0] = float("nan")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == self.batch_idx:
+            with torch.no_grad():
+                next(pl_module.net.parameters()).copy_(self.kept)
+
+
+@pytest.mark.parametrize("val_size", [0, 40], ids=["check-at-epoch-end", "check-at-validation"])
+def test_one_nan_batch_among_finite_ones_stops_fit(val_size, tiny_mnist):
+    """A NaN loss in one batch makes the epoch's training loss NaN, and the divergence check sees it."""
+    L.seed_everything(0)
+    model = MLP(optimizer=lambda params: torch.optim.SGD(params, lr=0.0))
+    data = MNISTDataModule(data_dir=str(tiny_mnist), batch_size=16, val_size=val_size)
+    trainer = quiet_trainer(max_epochs=1, callbacks=[NaNInOneBatch(batch_idx=2)])
+    with pytest.raises(LitMNISTError, match="Training stopped in epoch 1: the training loss became nan"):
+        trainer.fit(model, data)
 
 
 class HookCounter(L.Callback):

@@ -3,7 +3,7 @@
 Runs inside the TensorFlow venv that ``benchmarks/vs_keras.py`` creates (never in the project's).
 Output lines, one per epoch and one at the end::
 
-    vs_keras epoch=<k> seconds=<wall time of epoch k>
+    epoch=<k> seconds=<wall time of epoch k>
     vs_keras test_acc=<percent>
 """
 
@@ -46,7 +46,7 @@ def parse_args(epochs: int, description: str) -> argparse.Namespace:
 
 def report_epoch(epoch: int, seconds: float) -> None:
     """Print the machine-readable line of one epoch (``epoch`` counts from 1)."""
-    print(f"vs_keras epoch={epoch} seconds={seconds:.6f}", flush=True)
+    print(f"epoch={epoch} seconds={seconds:.6f}", flush=True)
 
 
 def report_test(accuracy: float) -> None:

@@ -24,6 +24,9 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.SGD)
 FUSED_DEVICES = {"cpu", "cuda"}
 
+#: Training steps whose metric inputs wait on the device before torchmetrics takes them in one update.
+TRAIN_METRICS_EVERY = 100
+
 
 def _describe(value: Any) -> Any:
     """A callable hyperparameter as plain text, so checkpoints hold only plain data."""
@@ -46,7 +49,11 @@ class MNISTClassifier(L.LightningModule):
     them into the network's input with ``prepare_input`` (the one place that does, used by
     training, ``predict``, ``predict_proba``, export and ``serve`` alike), so a checkpoint carries
     everything needed to feed its model. Networks whose outputs are not logits override
-    ``compute_loss`` and ``probabilities``.
+    ``compute_loss`` and ``probabilities``. Each split's logged loss and accuracy are torchmetrics'
+    values over every sample of the epoch, batches weighted by their size; a training step only
+    keeps its loss and outputs on the device, and torchmetrics takes them every
+    ``TRAIN_METRICS_EVERY`` steps and after the epoch's last batch, before any callback can read
+    the epoch's values.
 
     Args:
         net: The network, a plain ``nn.Module`` from images to logits (the subclasses build it).
@@ -95,11 +102,14 @@ class MNISTClassifier(L.LightningModule):
         self.example_input_array = torch.zeros(1, 1, 28, 28)
         self.metrics = nn.ModuleDict()
         for split in ("train", "val", "test"):
-            self.metrics[f"{split}_loss"] = MeanMetric(nan_strategy="disable")
+            # NaN imputed with NaN: the batch-size weights count (torchmetrics 1.9 drops them under
+            # nan_strategy="disable") and a NaN loss still reaches the divergence check.
+            self.metrics[f"{split}_loss"] = MeanMetric(nan_strategy=float("nan"))
             self.metrics[f"{split}_acc"] = MulticlassAccuracy(
                 num_classes, average="micro", validate_args=False
             )
         self._logged_this_epoch: set[str] = set()
+        self._train_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def configure_model(self) -> None:
         if self.compile_net is True:
@@ -133,37 +143,82 @@ class MNISTClassifier(L.LightningModule):
         """Class probabilities ``[B, num_classes]`` from the network's outputs (softmax of logits)."""
         return outputs.softmax(dim=-1)
 
-    def _step(self, batch: Any, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's loss and detached class probabilities; updates and logs the split's metrics."""
+    def _forward_loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's loss, the network's outputs and the targets."""
         x, y = batch[0], batch[1]
         outputs = self(x)
-        loss = self.compute_loss(outputs, y)
+        return self.compute_loss(outputs, y), outputs, y
+
+    def _step(self, batch: Any, split: str) -> torch.Tensor:
+        """An evaluation batch: updates the split's metrics and returns its class probabilities."""
+        loss, outputs, targets = self._forward_loss(batch)
         probs = self.probabilities(outputs.detach())
-        self._update_metrics(split, loss.detach(), probs, y)
-        return loss, probs
+        self._update_metrics(split, loss.detach(), probs, targets, len(targets))
+        self._log_metrics(split)
+        return probs
 
     def _update_metrics(
-        self, split: str, loss: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor
+        self,
+        split: str,
+        losses: torch.Tensor,
+        probs: torch.Tensor,
+        targets: torch.Tensor,
+        weights: torch.Tensor | int,
     ) -> None:
-        """Add a batch's mean loss (weighted by its size) and predictions to the split's metrics."""
-        loss_metric, acc_metric = self.metrics[f"{split}_loss"], self.metrics[f"{split}_acc"]
-        loss_metric.update(loss, weight=len(targets))
-        acc_metric.update(probs, targets)
-        if split not in self._logged_this_epoch:
-            # Lightning computes a logged Metric over all of its updates at the end of the epoch, so
-            # logging it once per epoch is enough and saves the per-call cost of self.log at every step.
-            self._logged_this_epoch.add(split)
-            for name, metric in (("loss", loss_metric), ("acc", acc_metric)):
-                self.log(
-                    f"{split}/{name}",
-                    metric,
-                    on_step=False,
-                    on_epoch=True,
-                    prog_bar=split != "test",
-                )
+        """Add batch mean losses (weighted by the batches' sizes) and predictions to the split's metrics."""
+        self.metrics[f"{split}_loss"].update(losses, weight=weights)
+        self.metrics[f"{split}_acc"].update(probs, targets)
+
+    def _log_metrics(self, split: str) -> None:
+        """Log the split's metrics, once per epoch (from its first step)."""
+        # Lightning computes a logged Metric over all of its updates at the end of the epoch, so
+        # logging it once per epoch is enough and saves the per-call cost of self.log at every step.
+        if split in self._logged_this_epoch:
+            return
+        self._logged_this_epoch.add(split)
+        for name in ("loss", "acc"):
+            self.log(
+                f"{split}/{name}",
+                self.metrics[f"{split}_{name}"],
+                on_step=False,
+                on_epoch=True,
+                prog_bar=split != "test",
+            )
+
+    def _update_train_metrics(self) -> None:
+        """Hand the training batches kept since the last call to torchmetrics, in one update per metric.
+
+        Their class probabilities are computed here, over all of them at once, in the precision
+        context of the training step (so under ``bf16-mixed`` they are float32, as they would be in it).
+        """
+        if not self._train_batches:
+            return
+        losses, outputs, targets = zip(*self._train_batches, strict=True)
+        self._train_batches.clear()
+        sizes = torch.tensor([len(t) for t in targets], dtype=torch.float32, device=losses[0].device)
+        with self.trainer.precision_plugin.train_step_context():
+            probs = self.probabilities(torch.cat(outputs))
+        self._update_metrics("train", torch.stack(losses), probs, torch.cat(targets), sizes)
+
+    def _last_train_batch(self, batch_idx: int) -> bool:
+        """Whether the training epoch (or fit) ends after this batch, or may, when a stop was asked for."""
+        trainer = self.trainer
+        return (
+            trainer.is_last_batch
+            or batch_idx + 1 >= trainer.num_training_batches
+            or trainer.should_stop
+            or 0 <= trainer.max_steps <= trainer.global_step
+        )
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # The metrics get the kept batches before anything can read them: the progress bar and the
+        # other callbacks read the epoch's values in their on_train_epoch_end, which runs before ours.
+        if len(self._train_batches) >= TRAIN_METRICS_EVERY or self._last_train_batch(batch_idx):
+            self._update_train_metrics()
 
     def on_train_epoch_start(self) -> None:
         self._logged_this_epoch.discard("train")
+        self._train_batches.clear()
 
     def on_test_epoch_start(self) -> None:
         self._logged_this_epoch.discard("test")
@@ -171,9 +226,11 @@ class MNISTClassifier(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._logged_this_epoch.discard("val")
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self._update_train_metrics()
             self._stop_if_diverged()
 
     def on_train_epoch_end(self) -> None:
+        self._update_train_metrics()
         self._stop_if_diverged()
 
     def _stop_if_diverged(self) -> None:
@@ -198,15 +255,19 @@ class MNISTClassifier(L.LightningModule):
         )
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")[0]
+        """The batch's loss; its metric inputs are kept on the device until ``_update_train_metrics``."""
+        loss, outputs, targets = self._forward_loss(batch)
+        self._train_batches.append((loss.detach(), outputs.detach(), targets))
+        self._log_metrics("train")
+        return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """The batch's detached class probabilities, for callbacks' ``on_validation_batch_end``."""
-        return self._step(batch, "val")[1]
+        return self._step(batch, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """The batch's detached class probabilities, for callbacks' ``on_test_batch_end``."""
-        return self._step(batch, "test")[1]
+        return self._step(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Class probabilities and the predicted class, plus the true label when the batch has one."""
