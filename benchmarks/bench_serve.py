@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from timing import cpu_model
 
 from lit_mnist.checkpoint import load_model, read_checkpoint
 from lit_mnist.data.mnist import load_mnist
@@ -113,17 +114,6 @@ def load(
     for thread in threads:
         thread.join()
     return time.perf_counter() - start, latencies, failures[0]
-
-
-def cpu_model() -> str:
-    """The CPU's model name as the kernel reports it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def completeness(ckpt_paths: list[str], count: int, steps: list[int]) -> None:

@@ -27,30 +27,26 @@ def tiny_mnist(tmp_path: Path) -> Path:
     return write_mnist(tmp_path / "data")
 
 
-@pytest.fixture(scope="session")
-def mnist_mlp_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The "Practical 5" tutorial's MLP fitted for 80 steps of 64 real MNIST images (about 90 % test accuracy)."""
-    logs = tmp_path_factory.mktemp("serve_logs")
+def _short_fit(logs: Path, config: str, *options: str) -> Path:
+    """``config`` fitted for 80 steps of 64 real MNIST images; its last checkpoint."""
     result = run_cli(
-        "fit", "--config", "configs/mlp.yaml", "--trainer.max_epochs", "1",
+        "fit", "--config", f"configs/{config}.yaml", *options, "--trainer.max_epochs", "1",
         "--trainer.limit_train_batches", "80", "--trainer.limit_val_batches", "1",
         "--data.batch_size", "64", "--test_after_fit", "false",
         "--trainer.logger.init_args.save_dir", str(logs),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    return logs / "mlp" / "version_0" / "checkpoints" / "last.ckpt"
+    return logs / config / "version_0" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def mnist_mlp_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The "Practical 5" tutorial's MLP after 80 steps (about 90 % test accuracy)."""
+    return _short_fit(tmp_path_factory.mktemp("serve_logs"), "mlp")
 
 
 @pytest.fixture(scope="session")
 def mnist_cnn_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small CNN (8 and 16 filters, 64 hidden units) fitted for 80 steps of 64 real MNIST images."""
-    logs = tmp_path_factory.mktemp("serve_logs")
-    result = run_cli(
-        "fit", "--config", "configs/cnn.yaml", "--model.init_args.channels", "[8, 16]",
-        "--model.init_args.hidden_size", "64", "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "80", "--trainer.limit_val_batches", "1",
-        "--data.batch_size", "64", "--test_after_fit", "false",
-        "--trainer.logger.init_args.save_dir", str(logs),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return logs / "cnn" / "version_0" / "checkpoints" / "last.ckpt"
+    """A small CNN (8 and 16 filters, 64 hidden units) after 80 steps."""
+    options = ("--model.init_args.channels", "[8, 16]", "--model.init_args.hidden_size", "64")
+    return _short_fit(tmp_path_factory.mktemp("serve_logs"), "cnn", *options)
