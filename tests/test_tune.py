@@ -23,7 +23,7 @@ from lit_mnist import internals, tune
 from lit_mnist.__main__ import main
 from lit_mnist.data.mnist import ensure_mnist_files, load_mnist
 
-#: Every trial: the seed-000 MLP on 80 tiny training images, 1 epoch, 2 batches.
+#: Every trial: the "Practical 5" MLP on 80 tiny training images, 1 epoch, 2 batches.
 FIT = [
     "--config",
     str(REPO / "configs" / "mlp.yaml"),
