@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -55,6 +56,38 @@ DESCRIPTION = (
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
+#: Lines of jsonargparse's report of a refused value that say nothing about the value itself.
+_REPORT_FRAMING = (
+    "Does not validate",
+    "Subtypes",
+    "Errors",
+    "Problem with given class_path",
+    "Expected a <class 'NoneType'>",
+    "Given value",
+)
+
+
+def one_line(message: str) -> str:
+    """jsonargparse's nested report of a refused value as one line: the option's key, and why.
+
+    ``Parser key "data": ... Parser key "batch_size": Not of type PositiveInt: 0 does not conform
+    to restriction v>0`` becomes ``Parser key "data.batch_size": Not of type PositiveInt: 0 ...``;
+    any other message is kept as it is.
+    """
+    if not message.startswith('Parser key "'):
+        return message
+    keys, reason = [], None
+    for line in message.splitlines():
+        text = line.strip(" -")
+        found = re.match(r'Parser key "([^"]+)":\s*(.*)', text)
+        if found:
+            keys.append(found.group(1))
+            text = found.group(2)
+        if text and reason is None and not text.startswith(_REPORT_FRAMING):
+            reason = text
+    return f'Parser key "{".".join(keys)}": {reason}' if reason else message
+
+
 class CommandParser(LightningArgumentParser):
     """jsonargparse's parser for every command, minus the long usage it prints before an error.
 
@@ -71,6 +104,9 @@ class CommandParser(LightningArgumentParser):
 
     def print_usage(self, file: Any = None) -> None:
         pass
+
+    def error(self, message: str, ex: Exception | None = None) -> Any:
+        super().error(one_line(message), ex)
 
     def add_subcommands(self, required: bool = True, dest: str = "subcommand", **kwargs: Any) -> Any:
         subcommands = super().add_subcommands(required=required, dest=dest, **kwargs)

@@ -1,7 +1,8 @@
-"""The one LightningModule every seed model shares: loss, metrics, logging and the optimizer."""
+"""The one LightningModule every tutorial model shares: its input, loss, metrics, logging and optimizer."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import lightning as L
@@ -19,9 +20,9 @@ from lit_mnist.errors import LitMNISTError
 #: Mean and standard deviation of the 60,000 MNIST training pixels scaled to [0, 1].
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
-#: Optimizers whose fused kernels run on the CPU and on CUDA (AdamW is an Adam); the model picks
+#: Optimizers whose fused kernels run on the CPU and on CUDA; the model picks
 #: ``fused=True`` for them where it can (``MNISTClassifier.build_optimizer``).
-FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.SGD)
+FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 FUSED_DEVICES = {"cpu", "cuda"}
 
 #: Training steps whose metric inputs wait on the device before torchmetrics takes them in one update.
@@ -352,13 +353,18 @@ class MNISTClassifier(L.LightningModule):
         devices = {p.device.type for p in self.parameters()}
         wanted = (
             fused is None
-            and isinstance(optimizer, FUSED_OPTIMIZERS)
+            and type(optimizer) in FUSED_OPTIMIZERS
             and devices <= FUSED_DEVICES
             and not obstacle
             and not optimizer.defaults.get("foreach")
             and not optimizer.defaults.get("differentiable")
         )
-        return self.optimizer(self.parameters(), fused=True) if wanted else optimizer
+        if not wanted:
+            return optimizer
+        # The same optimizer with the same settings, fused: its defaults hold its constructor's arguments.
+        accepted = inspect.signature(type(optimizer)).parameters
+        settings = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+        return type(optimizer)(self.parameters(), **{**settings, "fused": True})
 
     def _fused_obstacle(self) -> str | None:
         """Why a fused optimizer cannot run in this fit, or ``None``."""
