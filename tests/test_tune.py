@@ -19,7 +19,7 @@ import optuna
 import pytest
 from helpers import REPO, free_port, run_cli, write_idx, write_mnist
 
-from lit_mnist import internals, tune
+from lit_mnist import tune
 from lit_mnist.__main__ import main
 from lit_mnist.data.mnist import ensure_mnist_files, load_mnist
 
@@ -322,30 +322,6 @@ def test_a_storage_server_that_never_answers_is_one_sentence(work: Path) -> None
     assert result.returncode == 1
     assert result.stderr.strip().startswith(f"error: Cannot open the storage {url}: ")
     assert len(result.stderr.strip().splitlines()) == 1
-
-
-def test_the_journal_storage_heartbeat_fails_a_silent_trial_and_optuna_records_beats(tmp_path: Path) -> None:
-    """``internals.journal_storage_with_heartbeat`` relies on Optuna's private ``BaseHeartbeat`` contract."""
-    journal = str(tmp_path / "journal.log")
-    plain = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
-    silent = optuna.create_study(
-        storage=plain, study_name="s"
-    ).ask()  # RUNNING, no heartbeat: its process died
-    stale = []
-    storage = internals.journal_storage_with_heartbeat(
-        journal, 1, 2, lambda _, trial: stale.append(trial.number)
-    )
-    study = optuna.load_study(study_name="s", storage=storage)
-    time.sleep(2.5)
-
-    def objective(trial: optuna.Trial) -> float:
-        time.sleep(1.5)
-        return 1.0
-
-    study.optimize(objective, n_trials=1)
-    trials = study.get_trials()
-    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"] and stale == [silent.number]
-    assert internals.HEARTBEAT_KEY in trials[1].system_attrs
 
 
 def _popen(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
