@@ -67,15 +67,14 @@ _REPORT_FRAMING = (
 )
 
 
-def one_line(message: str) -> str:
-    """jsonargparse's nested report of a refused value as one line: the option's key, and why.
+def refusal(message: str) -> tuple[str, str] | None:
+    """The option's key and the reason in jsonargparse's nested report of a refused value, if it is one.
 
     ``Parser key "data": ... Parser key "batch_size": Not of type PositiveInt: 0 does not conform
-    to restriction v>0`` becomes ``Parser key "data.batch_size": Not of type PositiveInt: 0 ...``;
-    any other message is kept as it is.
+    to restriction v>0`` gives ``("data.batch_size", "Not of type PositiveInt: 0 ...")``.
     """
     if not message.startswith('Parser key "'):
-        return message
+        return None
     keys, reason = [], None
     for line in message.splitlines():
         text = line.strip(" -")
@@ -85,7 +84,13 @@ def one_line(message: str) -> str:
             text = found.group(2)
         if text and reason is None and not text.startswith(_REPORT_FRAMING):
             reason = text
-    return f'Parser key "{".".join(keys)}": {reason}' if reason else message
+    return (".".join(keys), reason) if reason else None
+
+
+def one_line(message: str) -> str:
+    """jsonargparse's nested report of a refused value (``refusal``) as one line; others as they are."""
+    refused = refusal(message)
+    return f'Parser key "{refused[0]}": {refused[1]}' if refused else message
 
 
 class CommandParser(LightningArgumentParser):

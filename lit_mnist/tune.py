@@ -25,7 +25,7 @@ from jsonargparse import Namespace
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
 from lit_mnist.checkpoint import run_name
-from lit_mnist.cli import LitMNISTCLI
+from lit_mnist.cli import LitMNISTCLI, refusal
 from lit_mnist.errors import LitMNISTError, user_message
 from lit_mnist.internals import journal_storage_with_heartbeat
 
@@ -238,9 +238,8 @@ class Search(LitMNISTCLI):
             try:
                 self.parser.validate(config)
             except (TypeError, ValueError, KeyError) as err:
-                lines = [line.strip(" -") for line in str(err).splitlines()]
-                why = [line for line in lines if line.startswith(("Expected a <", "Not of type"))] or lines
-                raise LitMNISTError(f"{search}: {key} = {text(value)} is refused by fit: {why[0]}") from None
+                why = (refusal(str(err)) or ("", first_line(err)))[1]
+                raise LitMNISTError(f"{search}: {key} = {text(value)} is refused by fit: {why}") from None
         return ".".join(path)
 
     def fit_config(self, params: dict[str, Any], name: str, version: str | None) -> Namespace:
