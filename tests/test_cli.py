@@ -156,7 +156,7 @@ def test_several_machines_without_a_launcher_stop_at_once_with_one_sentence():
     assert len(result.stderr.strip().splitlines()) == 1 and "torchrun" in result.stderr
 
 
-@pytest.mark.parametrize("command", ["export"])
+@pytest.mark.parametrize("command", ["export", "tune", "serve"])
 def test_command_help_describes_every_option(command):
     result = run_cli(command, "--help")
     assert result.returncode == 0, result.stderr[-2000:]
