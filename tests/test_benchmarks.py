@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import py_compile
 import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from helpers import REPO
+
+
+def _benchmark(name: str) -> Any:
+    """The module of ``benchmarks/<name>.py``, imported as the script imports its neighbours."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
 
 
 def _run(script: str, *args: str) -> str:
@@ -161,11 +172,7 @@ def test_device_check_smoke_records_every_step_with_its_figures(tmp_path):
 
 
 def test_profile_fit_sorts_samples_into_parts_by_their_deepest_known_frame():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import profile_fit
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    profile_fit = _benchmark("profile_fit")
     loop = "fit (x.py:1);_TrainingEpochLoop.advance (lightning/pytorch/loops/training_epoch_loop.py:352)"
     step = f"{loop};Adam.step (torch/optim/adam.py:227);Closure.__call__ (lightning/pytorch/loops/optimization/automatic.py:146)"
     raw = "\n".join(
@@ -193,11 +200,7 @@ def test_profile_fit_sorts_samples_into_parts_by_their_deepest_known_frame():
 
 
 def test_profile_fit_names_the_lightning_functions_that_run_their_own_python():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import profile_fit
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    profile_fit = _benchmark("profile_fit")
     loop = "fit (x.py:1);_TrainingEpochLoop.advance (lightning/pytorch/loops/training_epoch_loop.py:352)"
     hooks = f"{loop};_call_callback_hooks (lightning/pytorch/trainer/call.py:227)"
     raw = "\n".join(
