@@ -42,6 +42,7 @@ import functools
 import io
 import itertools
 import json
+import os
 import platform
 import resource
 import statistics
@@ -356,6 +357,8 @@ def main() -> None:
         parser.error("--layers and --precisions need --rounds 1 or more and --steps at least --warmup + 3")
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Every layer computes on the same threads: the CLI's layer takes this as the user's setting.
+    os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
 
     logs = tempfile.mkdtemp(prefix="bench_fit_")
     timer = EpochTimer()

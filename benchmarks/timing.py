@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import platform
 import re
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +104,28 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+#: What a busy neighbour runs: one core's worth of pure Python, as long as it is left running.
+BUSY_LOOP = "while True: pass"
+
+
+def start_neighbours(count: int) -> list[subprocess.Popen]:
+    """``count`` CPU-bound processes (``BUSY_LOOP``) that run until they are killed."""
+    return [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(count)]
+
+
+def stop_neighbours(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.kill()
+        process.wait()
+
+
+@contextmanager
+def neighbours(count: int) -> Iterator[None]:
+    """``count`` busy processes (``start_neighbours``) for the duration of the block."""
+    processes = start_neighbours(count)
+    try:
+        yield
+    finally:
+        stop_neighbours(processes)

@@ -1,20 +1,23 @@
 """Each tutorial model's own Keras code against ``python -m lit_mnist fit`` on its config, interleaved.
 
     python benchmarks/vs_keras.py [--models mlp cnn ...] [--rounds 3] [--epochs N] [--out FILE]
-                                  [--lit-only] [-- extra lit_mnist fit arguments]
+                                  [--neighbours 0 1] [--lit-only] [-- extra lit_mnist fit arguments]
 
 The Keras side is ``benchmarks/keras/<model>.py`` (the tutorials' code, see its docstrings), run in
 a separate virtual environment with ``tensorflow==2.21.0`` that this script creates on first use
 (``benchmarks/.keras-venv``, git-ignored; TensorFlow is never a project dependency). The lit side
 is ``python -m lit_mnist fit --config configs/<model>.yaml --data.val_size 0
 --trainer.max_epochs E --checkpoint.monitor null``, plus a callback (``timing.EpochSeconds``) that
-prints each training epoch's wall time. Both train on all 60,000 images, with default thread
-settings, and test on the 10,000 test images. Each round runs, for every model, Keras then lit.
+prints each training epoch's wall time. Both train on all 60,000 images, each choosing its own
+threads (TensorFlow's defaults; lit_mnist's ``--threads``), and test on the 10,000 test images. Each round runs, for every model and every count of
+``--neighbours`` (default 0), Keras then lit, each beside that many CPU-bound processes
+(``timing.neighbours``) started just before it and ended just after.
 
-Printed per model: the steady s/epoch of each side (per run the median of the epochs after the
+Printed per model and neighbour count: the steady s/epoch of each side (per run the median of the epochs after the
 first; the table gives the median over rounds and the range), the median over rounds of the ratio
-lit/Keras of the two runs of that round, and both test accuracies (median over rounds), as a
-Markdown table with the date, the machine and the versions.
+lit/Keras of the two runs of that round, both test accuracies (median over rounds), and beside
+neighbours how much they slow Keras itself (its median s/epoch over its median alone), as a Markdown
+table with the date, the machine and the versions.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from timing import EPOCH_LINE, cpu_model
+from timing import EPOCH_LINE, cpu_model, neighbours
 
 REPO = Path(__file__).resolve().parents[1]
 TENSORFLOW = "tensorflow==2.21.0"
@@ -47,6 +50,9 @@ MODELS = {
     "modern_mlp": (3, 100, 0.8),
     "cnn": (3, 50, 0.8),
 }
+#: The target ratio lit/Keras beside busy neighbours: the models whose steps are Python-bound keep
+#: theirs, the others must not be slower than Keras.
+BUSY_TARGETS = {"mlp": 0.8, "dropout": 0.8, "scratch": 0.8}
 KERAS_ACC_LINE = re.compile(r"^vs_keras test_acc=([\d.]+)$", re.MULTILINE)
 LIT_ACC_LINE = re.compile(r"^Test accuracy ([\d.]+) %", re.MULTILINE)
 
@@ -147,31 +153,35 @@ def _versions(python: Path | None) -> str:
     return ", ".join(parts)
 
 
-def table(results: dict[str, dict[str, Any]], rounds: int, python: Path | None) -> str:
-    """The Markdown report of the measured ``results`` (per model: epochs and per-round runs)."""
+def table(results: dict[tuple[str, int], dict[str, Any]], rounds: int, python: Path | None) -> str:
+    """The Markdown report of the measured ``results`` (per model and neighbour count: epochs and per-round runs)."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"Measured {now} with `python benchmarks/vs_keras.py` ({rounds} interleaved rounds, "
-        f"all 60,000 training images, default threads) on {cpu_model()}, {os.cpu_count()} cores; "
+        f"all 60,000 training images, each side choosing its own threads) on {cpu_model()}, {os.cpu_count()} cores; "
         f"{_versions(python)}.",
         "",
-        "| model | epochs | batch | Keras s/epoch | lit_mnist s/epoch | ratio lit/Keras | target | Keras test acc | lit_mnist test acc |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | neighbours | epochs | batch | Keras s/epoch | lit_mnist s/epoch | ratio lit/Keras | target | Keras test acc | lit_mnist test acc | Keras × its alone |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for model, r in results.items():
+    for (model, n), r in results.items():
         keras, lit = r["keras"], r["lit"]
         ratios = [steady(li[0]) / steady(ke[0]) for ke, li in zip(keras, lit, strict=False)]
-        target = MODELS[model][2]
+        target = MODELS[model][2] if n == 0 else BUSY_TARGETS.get(model, 1.0)
         met = "—" if not ratios else ("met" if statistics.median(ratios) <= target else "not met")
+        alone = results.get((model, 0), {}).get("keras")
+        slowed = "—"
+        if n and keras and alone:
+            slowed = f"{statistics.median(steady(t) for t, _ in keras) / statistics.median(steady(t) for t, _ in alone):.2f}"
         lines.append(
-            f"| {model} | {r['epochs']} | {MODELS[model][1]} | {_spread([steady(t) for t, _ in keras])} "
+            f"| {model} | {n} | {r['epochs']} | {MODELS[model][1]} | {_spread([steady(t) for t, _ in keras])} "
             f"| {_spread([steady(t) for t, _ in lit])} | {_spread(ratios)} | ≤ {target}: {met} "
-            f"| {_spread([a for _, a in keras])} % | {_spread([a for _, a in lit])} % |".replace(
+            f"| {_spread([a for _, a in keras])} % | {_spread([a for _, a in lit])} % | {slowed} |".replace(
                 "| — % ", "| — "
             )
         )
         if r["failed"]:
-            lines.append(f"| {model} failed: {r['failed']} | | | | | | | | |")
+            lines.append(f"| {model} failed: {r['failed']} | | | | | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -190,13 +200,17 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown table to this file")
     parser.add_argument("--lit-only", action="store_true", help="run only the lit_mnist side (no TensorFlow)")
+    parser.add_argument(
+        "--neighbours", nargs="+", type=int, default=[0], metavar="N",
+        help="run each round beside each of these counts of CPU-bound processes (default: 0)",
+    )  # fmt: skip
     parser.add_argument("--keras-venv", type=Path, default=REPO / "benchmarks" / ".keras-venv")
     args = parser.parse_args(argv)
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
         raise BenchmarkError(f"unknown model {unknown[0]!r}: choose from {', '.join(MODELS)}")
-    if args.rounds < 1 or (args.epochs is not None and args.epochs < 1):
-        raise BenchmarkError("--rounds and --epochs must be 1 or more")
+    if args.rounds < 1 or (args.epochs is not None and args.epochs < 1) or min(args.neighbours) < 0:
+        raise BenchmarkError("--rounds and --epochs must be 1 or more, --neighbours 0 or more")
     return args, extra
 
 
@@ -204,24 +218,28 @@ def main(argv: list[str] | None = None) -> None:
     args, extra = parse_args(sys.argv[1:] if argv is None else argv)
     python = None if args.lit_only else keras_python(args.keras_venv)
     results = {
-        m: {"epochs": args.epochs or MODELS[m][0], "keras": [], "lit": [], "failed": ""} for m in args.models
+        (m, n): {"epochs": args.epochs or MODELS[m][0], "keras": [], "lit": [], "failed": ""}
+        for m in args.models
+        for n in args.neighbours
     }
     with tempfile.TemporaryDirectory(prefix="vs_keras_") as log_dir:
         for round_ in range(1, args.rounds + 1):
-            for model, r in results.items():
+            for (model, n), r in results.items():
                 if r["failed"]:
                     continue
                 try:
                     if python is not None:
-                        r["keras"].append(run_keras(python, model, r["epochs"]))
-                    r["lit"].append(run_lit(model, r["epochs"], extra, log_dir))
+                        with neighbours(n):
+                            r["keras"].append(run_keras(python, model, r["epochs"]))
+                    with neighbours(n):
+                        r["lit"].append(run_lit(model, r["epochs"], extra, log_dir))
                 except BenchmarkError as err:
                     r["failed"] = str(err)
-                    print(f"round {round_} {model}: {err}", file=sys.stderr, flush=True)
+                    print(f"round {round_} {model} beside {n}: {err}", file=sys.stderr, flush=True)
                     continue
                 keras = f"Keras {steady(r['keras'][-1][0]):.3f} s/epoch, " if python is not None else ""
                 print(
-                    f"round {round_}/{args.rounds} {model}: {keras}lit {steady(r['lit'][-1][0]):.3f} s/epoch",
+                    f"round {round_}/{args.rounds} {model} beside {n}: {keras}lit {steady(r['lit'][-1][0]):.3f} s/epoch",
                     file=sys.stderr, flush=True,
                 )  # fmt: skip
     report = table(results, args.rounds, python)

@@ -23,6 +23,7 @@ from typing import Any
 import lightning as L
 import torch
 from jsonargparse import ArgumentParser, Namespace, auto_cli
+from jsonargparse.typing import PositiveInt
 from lightning.fabric.plugins.environments import (
     LSFEnvironment,
     MPIEnvironment,
@@ -32,6 +33,7 @@ from lightning.fabric.plugins.environments import (
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from lit_mnist import threads
 from lit_mnist.callbacks import TensorBoardFigures
 from lit_mnist.checkpoint import (
     SAVE_DIR,
@@ -109,6 +111,10 @@ class CommandParser(LightningArgumentParser):
 
     def print_usage(self, file: Any = None) -> None:
         pass
+
+    def dump(self, cfg: Namespace, *args: Any, **kwargs: Any) -> str:
+        """The config as YAML, with the thread count the run will take (``--print_config`` shows it)."""
+        return super().dump(with_threads(cfg), *args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> Any:
         super().error(one_line(message), ex)
@@ -237,15 +243,25 @@ class LitMNISTCLI(LightningCLI):
             default=True,
             help="After fit, test the best checkpoint (the final weights without validation).",
         )
+        parser.add_argument(
+            "--threads",
+            type=PositiveInt | None,
+            default=None,
+            help="CPU threads of PyTorch's kernels in each of the run's processes. Default: OMP_NUM_THREADS "
+            "if set, otherwise the cores that other programs left idle when the command started, shared by "
+            "the run's CPU processes (DDP).",
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        if subcommand is None:
+        if subcommand is None:  # run=False: the config of one command
+            self.config = with_threads(self.config)
             return
         if subcommand not in LIGHTNING_COMMANDS:
             raise LitMNISTError(f"Put the command first: python -m lit_mnist {subcommand} ...")
         config = self.config[subcommand]
+        self.config[subcommand] = config = with_threads(config)
         _check_launcher(config.trainer)
         logger = config.trainer.logger
         init_args = logger.get("init_args", {}) if isinstance(logger, Namespace) else {}
@@ -255,6 +271,10 @@ class LitMNISTCLI(LightningCLI):
         if "save_dir" in init_args and subcommand == "fit":
             _check_writable(Path(init_args.save_dir))
         self._resolve_ckpt_path(config, logger)
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        threads.use((self.config[self.subcommand] if self.subcommand else self.config).threads)
 
     def _resolve_ckpt_path(self, config: Namespace, logger: Any) -> None:
         ckpt_path = config.get("ckpt_path")
@@ -301,6 +321,23 @@ class LitMNISTCLI(LightningCLI):
         if results and self.trainer.is_global_zero:
             metrics = results[0]
             print(f"Test accuracy {100 * metrics['test/acc']:.2f} %, loss {metrics['test/loss']:.4f}")
+
+
+def with_threads(config: Namespace) -> Namespace:
+    """``config`` with ``threads`` decided (``threads.default_threads``) where the user left it unset.
+
+    A run of ``trainer.devices`` CPU processes shares the idle cores among them, and so do the processes
+    a launcher started on this machine (torchrun's ``LOCAL_WORLD_SIZE``).
+    """
+    if "threads" not in config or config.threads is not None:
+        return config
+    trainer = config.get("trainer") or Namespace()
+    devices = trainer.get("devices")
+    processes = devices if trainer.get("accelerator") == "cpu" and isinstance(devices, int) else 1
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", processes))
+    config = config.clone()
+    config.threads = threads.default_threads(processes)
+    return config
 
 
 def _check_launcher(trainer: Namespace) -> None:

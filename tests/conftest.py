@@ -1,11 +1,26 @@
-"""Fixtures and the gpu marker's skip; the helpers themselves are in ``helpers.py``."""
+"""Fixtures and the gpu marker's skip; the helpers themselves are in ``helpers.py``.
+
+The test session shares the cores as a DDP run does (``lit_mnist.threads``): pytest-xdist's workers
+run side by side, so each one, and each ``python -m lit_mnist`` a test starts, computes on its
+share (``OMP_NUM_THREADS``, which those processes read as the user's setting).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from helpers import run_cli, write_mnist
+
+from lit_mnist import threads
+
+
+@pytest.fixture(scope="session", autouse=True)
+def share_of_the_cores() -> None:
+    """Where tests run (each pytest-xdist worker, or the one pytest process): its share of the cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    threads.use(threads.user_threads() or max(1, threads.available_cores() // workers))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

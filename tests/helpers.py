@@ -51,9 +51,15 @@ def write_mnist(root: Path, n_train: int = 120, n_test: int = 40, seed: int = 0)
     return root
 
 
-def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m lit_mnist ARGS`` in a fresh process, output captured as text."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def run_cli(
+    *args: str, cwd: Path = REPO, timeout: float = 300, env: dict[str, str | None] | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m lit_mnist ARGS`` in a fresh process, output captured as text.
+
+    ``env`` adds variables to the test's environment (a ``None`` value removes one).
+    """
+    changes = env or {}
+    env = {k: v for k, v in {**os.environ, "PYTHONWARNINGS": "ignore", **changes}.items() if v is not None}
     return subprocess.run(
         [sys.executable, "-m", "lit_mnist", *args],
         cwd=cwd,
@@ -62,6 +68,25 @@ def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300) -> subprocess.Co
         text=True,
         timeout=timeout,
     )
+
+
+class ReportThreads(L.Callback):
+    """Prints ``threads rank=R count=N`` with each process's ``torch.get_num_threads()`` when fit starts.
+
+    For a ``python -m lit_mnist`` run by a test: ``--trainer.callbacks+=helpers.ReportThreads`` with
+    ``tests/`` on ``PYTHONPATH`` (``TESTS_ON_PATH``).
+    """
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import torch
+
+        # one write, so that the lines of processes sharing the pipe do not interleave
+        sys.stdout.write(f"threads rank={trainer.global_rank} count={torch.get_num_threads()}\n")
+        sys.stdout.flush()
+
+
+#: ``run_cli``'s ``env`` for a command that names a class of this folder (``helpers.ReportThreads``).
+TESTS_ON_PATH = {"PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
 
 
 def quiet_trainer(**kwargs: Any) -> L.Trainer:

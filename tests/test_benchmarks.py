@@ -100,7 +100,7 @@ def test_vs_keras_lit_side_row(tmp_path):
         "--", "--trainer.limit_train_batches", "20",
     )  # fmt: skip
     row = re.search(
-        r"^\| linear \| 2 \| 200 \| — \| ([\d.]+) \(([\d.]+)–([\d.]+)\) \| — \| .* \| — \| ([\d.]+) \(",
+        r"^\| linear \| 0 \| 2 \| 200 \| — \| ([\d.]+) \(([\d.]+)–([\d.]+)\) \| — \| .* \| — \| ([\d.]+) \(",
         out,
         re.M,
     )
