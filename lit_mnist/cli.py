@@ -114,7 +114,10 @@ class CommandParser(LightningArgumentParser):
 
     def dump(self, cfg: Namespace, *args: Any, **kwargs: Any) -> str:
         """The config as YAML, with the thread count the run will take (``--print_config`` shows it)."""
-        return super().dump(with_threads(cfg), *args, **kwargs)
+        with warnings.catch_warnings():
+            # Lightning's SaveConfigCallback still passes skip_none, which jsonargparse 4.49 deprecated.
+            warnings.filterwarnings("ignore", message="skip_none parameter was deprecated")
+            return super().dump(with_threads(cfg), *args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> Any:
         super().error(one_line(message), ex)

@@ -5,7 +5,7 @@ core by default. When a thread has done its share of a kernel, it spins for a wh
 the next one, and every kernel waits for its slowest thread. On an idle machine that makes
 MNIST's short kernels fast; beside another busy process it makes them slow: the thread that
 shares a core with the neighbour waits for its time slice while the others spin, and a 2-core
-machine with one busy neighbour ran ``fit`` 4 to 75 times slower.
+machine with one busy neighbour ran ``fit`` 2 to 75 times slower.
 
 So a process takes one thread per core that other processes do not keep busy when it starts
 (``default_threads``, the ``--threads`` option of Lightning's commands, which ``--print_config``
