@@ -116,7 +116,7 @@ class CommandParser(LightningArgumentParser):
         """The config as YAML, with the thread count the run will take (``--print_config`` shows it)."""
         with warnings.catch_warnings():
             # Lightning's SaveConfigCallback still passes skip_none, which jsonargparse 4.49 deprecated.
-            warnings.filterwarnings("ignore", message="skip_none parameter was deprecated")
+            warnings.filterwarnings("ignore", message=r"\s*skip_none parameter was deprecated")
             return super().dump(with_threads(cfg), *args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> Any:
