@@ -34,7 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from timing import EPOCH_LINE, cpu_model, start_neighbours, stop_neighbours
+from timing import EPOCH_LINE, BenchmarkError, cpu_model, run_script, start_neighbours, stop_neighbours
 
 REPO = Path(__file__).resolve().parents[1]
 #: Every model config but ``linear_blobs`` (one batch of 2-D points per epoch: nothing to time).
@@ -51,10 +51,6 @@ POLICIES = {
     "spin-1000": {"OMP_NUM_THREADS": str(CORES), "GOMP_SPINCOUNT": "1000"},
     "spin-10000": {"OMP_NUM_THREADS": str(CORES), "GOMP_SPINCOUNT": "10000"},
 }
-
-
-class BenchmarkError(Exception):
-    """A problem this script reports in one sentence."""
 
 
 def run_fit(
@@ -167,8 +163,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BenchmarkError as err:
-        print(f"error: {err}.", file=sys.stderr)
-        raise SystemExit(1) from None
+    run_script(main)

@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -129,3 +129,16 @@ def neighbours(count: int) -> Iterator[None]:
         yield
     finally:
         stop_neighbours(processes)
+
+
+class BenchmarkError(Exception):
+    """A problem a benchmark script reports in one sentence."""
+
+
+def run_script(main: Callable[[], None]) -> None:
+    """Run a benchmark script's ``main``: a ``BenchmarkError`` prints ``error: <sentence>.`` and exits 1."""
+    try:
+        main()
+    except BenchmarkError as err:
+        print(f"error: {err}.", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from timing import EPOCH_LINE, cpu_model, neighbours
+from timing import EPOCH_LINE, BenchmarkError, cpu_model, neighbours, run_script
 
 REPO = Path(__file__).resolve().parents[1]
 TENSORFLOW = "tensorflow==2.21.0"
@@ -55,10 +55,6 @@ MODELS = {
 BUSY_TARGETS = {"mlp": 0.8, "dropout": 0.8, "scratch": 0.8}
 KERAS_ACC_LINE = re.compile(r"^vs_keras test_acc=([\d.]+)$", re.MULTILINE)
 LIT_ACC_LINE = re.compile(r"^Test accuracy ([\d.]+) %", re.MULTILINE)
-
-
-class BenchmarkError(Exception):
-    """A problem this script reports in one sentence."""
 
 
 def keras_python(venv: Path) -> Path:
@@ -251,8 +247,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BenchmarkError as err:
-        print(f"error: {err}.", file=sys.stderr)
-        raise SystemExit(1) from None
+    run_script(main)
