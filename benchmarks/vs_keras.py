@@ -11,11 +11,13 @@ is ``python -m lit_mnist fit --config configs/<model>.yaml --data.val_size 0
 prints each training epoch's wall time. Both train on all 60,000 images, each choosing its own
 threads (TensorFlow's defaults; lit_mnist's ``--threads``), and test on the 10,000 test images. Each round runs, for every model and every count of
 ``--neighbours`` (default 0), Keras then lit, each beside that many CPU-bound processes
-(``timing.neighbours``) started just before it and ended just after.
+(``timing.neighbours``) started just before it and ended just after. Round ``r`` (from 1) seeds both
+sides with ``r - 1`` (Keras' ``--seed``, lit's ``--seed_everything``), so the accuracies of three rounds
+are those of random seeds 0, 1 and 2 (lit's ``-- --seed_everything N`` overrides it).
 
 Printed per model and neighbour count: the steady s/epoch of each side (per run the median of the epochs after the
 first; the table gives the median over rounds and the range), the median over rounds of the ratio
-lit/Keras of the two runs of that round, both test accuracies (median over rounds), and beside
+lit/Keras of the two runs of that round, both test accuracies (median over rounds and the range), and beside
 neighbours how much they slow Keras itself (its median s/epoch over its median alone), as a Markdown
 table with the date, the machine and the versions.
 """
@@ -98,10 +100,13 @@ def steady(times: list[float]) -> float:
     return statistics.median(times[1:] or times)
 
 
-def run_keras(python: Path, model: str, epochs: int) -> tuple[list[float], float]:
+def run_keras(
+    python: Path, model: str, epochs: int, extra: tuple[str, ...] = ()
+) -> tuple[list[float], float]:
+    """Per-epoch seconds and test accuracy of ``benchmarks/keras/<model>.py`` (``extra``: its other options)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
-    command = [str(python), f"benchmarks/keras/{model}.py", "--epochs", str(epochs)]
+    command = [str(python), f"benchmarks/keras/{model}.py", "--epochs", str(epochs), *extra]
     return parse_run(_run(command, env, f"keras {model}"), KERAS_ACC_LINE, f"keras {model}")
 
 
@@ -153,7 +158,7 @@ def table(results: dict[tuple[str, int], dict[str, Any]], rounds: int, python: P
     """The Markdown report of the measured ``results`` (per model and neighbour count: epochs and per-round runs)."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"Measured {now} with `python benchmarks/vs_keras.py` ({rounds} interleaved rounds, "
+        f"Measured {now} with `python benchmarks/vs_keras.py` ({rounds} interleaved rounds, round r with random seed r − 1, "
         f"all 60,000 training images, each side choosing its own threads) on {cpu_model()}, {os.cpu_count()} cores; "
         f"{_versions(python)}.",
         "",
@@ -226,9 +231,12 @@ def main(argv: list[str] | None = None) -> None:
                 try:
                     if python is not None:
                         with neighbours(n):
-                            r["keras"].append(run_keras(python, model, r["epochs"]))
+                            r["keras"].append(
+                                run_keras(python, model, r["epochs"], ("--seed", str(round_ - 1)))
+                            )
                     with neighbours(n):
-                        r["lit"].append(run_lit(model, r["epochs"], extra, log_dir))
+                        seed = ["--seed_everything", str(round_ - 1)]
+                        r["lit"].append(run_lit(model, r["epochs"], [*seed, *extra], log_dir))
                 except BenchmarkError as err:
                     r["failed"] = str(err)
                     print(f"round {round_} {model} beside {n}: {err}", file=sys.stderr, flush=True)

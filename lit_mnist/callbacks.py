@@ -271,8 +271,8 @@ def image_grid(
 class TensorBoardFigures(L.Callback):
     """Figures for TensorBoard: what the data looks like and where the model goes wrong.
 
-    * ``train/samples``: a grid of the first training batch's images with their labels, once
-      when training starts;
+    * ``train/samples``: a grid of the first training batch's images with their labels, as the
+      model gets them (distorted, when the data module augments them), once per ``fit``;
     * ``val/confusion_matrix`` and ``val/worst_errors`` after the validation of every
       ``every_n_epochs``-th epoch and of the last one (``max_epochs``; not the sanity check),
       ``test/...`` after testing: torchmetrics' confusion-matrix plot, and the
@@ -310,14 +310,22 @@ class TensorBoardFigures(L.Callback):
         self.every_n_epochs = every_n_epochs
         self.attributions = attributions
         self._active = False
+        self._draw_samples = False
         self._confmat: MulticlassConfusionMatrix | None = None
         self._worst: tuple[torch.Tensor, ...] | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._draw_samples = True
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._draw_samples:
+            return
+        self._draw_samples = False
         logger = tensorboard_logger(trainer)
         if logger is None or not trainer.is_global_zero:
             return
-        batch = next(iter(trainer.train_dataloader), None)
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             return
         images = _as_images(batch[0])

@@ -30,7 +30,7 @@ from lightning.fabric.plugins.environments import (
     SLURMEnvironment,
     TorchElasticEnvironment,
 )
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lit_mnist import threads
@@ -39,6 +39,7 @@ from lit_mnist.checkpoint import (
     SAVE_DIR,
     check_model_class,
     find_last,
+    import_class_path,
     read_checkpoint,
     resolve_ckpt_path,
     run_name,
@@ -187,6 +188,42 @@ def default_callbacks() -> list[dict[str, Any]]:
     return [{"class_path": name} for name in names]
 
 
+#: Trainer flags that turn a kind of callback off, and that kind: ``default_callbacks`` has one of each.
+SWITCHED_CALLBACKS = {"enable_progress_bar": ProgressBar, "enable_model_summary": ModelSummary}
+
+
+def _drop_switched_off_callbacks(trainer: Namespace) -> None:
+    """``--trainer.enable_progress_bar false`` and ``enable_model_summary false`` also take the
+    default progress bar and summary out of the callbacks.
+
+    Lightning refuses a progress bar callback with its flag off, and keeps a summary callback
+    (printing the summary) with its flag off.
+    """
+    off = tuple(kind for flag, kind in SWITCHED_CALLBACKS.items() if trainer.get(flag) is False)
+    if not off or not trainer.get("callbacks"):
+        return
+    kept = []
+    for callback in trainer.callbacks:
+        class_path = callback.get("class_path") if isinstance(callback, Namespace) else None
+        callback_class = import_class_path(class_path) if class_path else type(callback)
+        if not (isinstance(callback_class, type) and issubclass(callback_class, off)):
+            kept.append(callback)
+    trainer.callbacks = kept
+
+
+def _keep_no_checkpoints(config: Namespace) -> None:
+    """``--trainer.enable_checkpointing false``: the CLI's ``ModelCheckpoint`` saves nothing.
+
+    Lightning refuses any ``ModelCheckpoint`` with the flag off, and LightningCLI always adds the
+    one that ``--checkpoint.*`` configures; so the flag is turned back on and that callback keeps
+    no best and no last checkpoint.
+    """
+    if config.trainer.get("enable_checkpointing") is not False or config.get("checkpoint") is None:
+        return
+    config.trainer.enable_checkpointing = True
+    config.checkpoint.save_top_k, config.checkpoint.save_last, config.checkpoint.monitor = 0, False, None
+
+
 class LitMNISTCLI(LightningCLI):
     """The project's LightningCLI: its models and data modules, logging, checkpoints and checks.
 
@@ -260,11 +297,15 @@ class LitMNISTCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand is None:  # run=False: the config of one command
             self.config = with_threads(self.config)
+            _drop_switched_off_callbacks(self.config.trainer)
+            _keep_no_checkpoints(self.config)
             return
         if subcommand not in LIGHTNING_COMMANDS:
             raise LitMNISTError(f"Put the command first: python -m lit_mnist {subcommand} ...")
         config = self.config[subcommand]
         self.config[subcommand] = config = with_threads(config)
+        _drop_switched_off_callbacks(config.trainer)
+        _keep_no_checkpoints(config)
         _check_launcher(config.trainer)
         logger = config.trainer.logger
         init_args = logger.get("init_args", {}) if isinstance(logger, Namespace) else {}

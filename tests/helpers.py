@@ -21,6 +21,17 @@ import lightning as L
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+#: Debian's Chromium, which the browser tests and benchmarks/drawn.py drive with Playwright.
+CHROMIUM = Path("/usr/bin/chromium")
+#: As root Chromium needs --no-sandbox; the rest stop it calling outside hosts on a machine without internet.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
 
 #: One short fit for ``run_cli("fit", "--config", ..., *SHORT_FIT)``: one epoch of 40 batches,

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import py_compile
 import re
+import statistics
 import subprocess
 import sys
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 from helpers import REPO
 
 
@@ -247,3 +251,54 @@ def test_profile_fit_smoke():
     assert re.search(r"^\| \*\*training loop\*\* \| 100 % \| [\d.]+ \|$", parts, re.M), out
     named = re.findall(r"^\| (\S+) \(lightning/[\w/]+\.py\) \| ([\d.]+) % \|", functions, re.M)
     assert len(named) <= 3 and sum(float(share) for _, share in named) < 100, out  # few samples: maybe none
+
+
+def test_drawn_reads_the_independent_digits_as_predict_dir_does(tmp_path):
+    drawn = _benchmark("drawn")
+    pictures, labels = drawn.independent_digits()
+    assert pictures.shape == (1797, 12, 12) and pictures.dtype == np.uint8
+    assert sorted(set(labels.tolist())) == list(range(10))
+    assert (pictures[:, :2] == 255).all() and (pictures[:, 2:10, 2:10] < 128).any(
+        axis=(1, 2)
+    ).all()  # ink on paper
+    images = drawn.prepared(pictures[:20], tmp_path)
+    assert images.shape == (20, 28, 28) and images.dtype == torch.uint8
+    for image in images:  # as MNIST: the ink fits a 20 × 20 box, stretched to (nearly) full contrast
+        rows, cols = image.nonzero(as_tuple=True)
+        assert rows.max() - rows.min() < 20 and cols.max() - cols.min() < 20 and image.max() > 200
+    chosen = drawn.pen_digits(labels, 20)
+    assert [int(labels[i]) for i in chosen] == list(range(10)) * 2 and len(set(chosen)) == 20
+
+
+def test_drawn_strokes_follow_the_skeleton():
+    drawn = _benchmark("drawn")
+    bar = np.zeros((28, 28), np.uint8)
+    bar[4:24, 13:15] = 255  # a "1": one upright stroke
+    (stroke,) = drawn.strokes(bar)
+    xs, ys = [x for x, _ in stroke], [y for _, y in stroke]
+    assert max(xs) - min(xs) < 15 and abs(statistics.mean(xs) - 140) < 10  # pad pixels: 10 per MNIST pixel
+    assert min(ys) < 60 and max(ys) > 220
+    ring = np.zeros((28, 28), np.uint8)
+    rows, cols = np.ogrid[:28, :28]
+    ring[(abs(np.hypot(rows - 14, cols - 14) - 8) < 1.5)] = 255  # a "0": one closed loop
+    strokes = drawn.strokes(ring)
+    assert len(strokes) == 1 and len(strokes[0]) > 20
+    (x0, y0), (x1, y1) = strokes[0][0], strokes[0][-1]
+    assert math.hypot(x1 - x0, y1 - y0) < 30  # it comes back round to its start
+
+
+def test_augment_cost_times_the_distortion_alone():
+    rows = _benchmark("augment_cost").distortion_alone()
+    assert rows[0].startswith("| lit_mnist `Augmentation`")
+    assert all(re.search(r"\| [\d.]+ \|$", row) or "not installed" in row for row in rows)
+
+
+def test_ab_fit_times_both_settings_and_their_ratio():
+    out = _run(
+        "ab_fit.py", "--configs", "linear", "--rounds", "1", "--batches", "3",
+        "--b", "--model.init_args.lr 0.1",
+    )  # fmt: skip
+    a, b, ratio = (
+        float(x) for x in re.search(r"^\| linear \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) ", out, re.M).groups()
+    )
+    assert a > 0 and b > 0 and 0.2 < ratio < 5

@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import SHORT_FIT, run_cli
+from helpers import REPO, SHORT_FIT, run_cli
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+
+from lit_mnist.cli import LitMNISTCLI
 
 
 def _logs(tmp: Path) -> tuple[str, ...]:
@@ -212,3 +215,25 @@ print(json.dumps(once == state() and once != before))
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["true", "true"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "kind"), [("enable_progress_bar", ProgressBar), ("enable_model_summary", ModelSummary)]
+)
+def test_a_trainer_flag_set_false_turns_its_default_callback_off(flag, kind, tmp_path):
+    cli = LitMNISTCLI(
+        args=["--config", str(REPO / "configs" / "mlp.yaml"), f"--trainer.{flag}", "false",
+              "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)],
+        run=False,
+    )  # fmt: skip
+    assert not any(isinstance(c, kind) for c in cli.trainer.callbacks)
+    others = {ProgressBar, ModelSummary} - {kind}
+    assert all(any(isinstance(c, other) for c in cli.trainer.callbacks) for other in others)
+
+
+def test_enable_checkpointing_false_fits_and_writes_no_checkpoint(tmp_path):
+    result = run_cli("fit", "--config", "configs/mlp.yaml", *SHORT_FIT, *_logs(tmp_path),
+                     "--trainer.enable_checkpointing", "false")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "mlp" / "version_0").is_dir()
+    assert not list(tmp_path.rglob("*.ckpt"))

@@ -24,10 +24,20 @@ def reference_cnn() -> nn.Sequential:
     """The "What is TensorFlow?" tutorial's CNN written out with plain layers (the indices are those of cnn_network)."""
     layers: list[nn.Module] = []
     for i, (c_in, c_out) in enumerate([(1, 32), (32, 64), (64, 128)]):
-        layers += [nn.Conv2d(c_in, c_out, 3, padding="same"), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
+        layers += [
+            nn.Conv2d(c_in, c_out, 3, padding="same", bias=False),
+            nn.ReLU(),
+            nn.MaxPool2d(2, ceil_mode=True),
+        ]
         if i < 2:
             layers.append(nn.Dropout(0.2))
-    layers += [nn.Flatten(), nn.Linear(128 * 4 * 4, 625), nn.ReLU(), nn.Dropout(0.5), nn.Linear(625, 10)]
+    layers += [
+        nn.Flatten(),
+        nn.Linear(128 * 4 * 4, 625, bias=False),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(625, 10, bias=False),
+    ]
     return nn.Sequential(*layers)
 
 

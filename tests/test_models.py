@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,13 +18,13 @@ from lit_mnist.errors import LitMNISTError
 from lit_mnist.models import MNISTClassifier, mlp_network
 
 
-def dense(n_in: int, n_out: int) -> int:
-    """Parameters of a dense layer with bias."""
-    return n_in * n_out + n_out
+def dense(n_in: int, n_out: int, bias: bool = True) -> int:
+    """Parameters of a dense layer, with its bias or without."""
+    return n_in * n_out + n_out * bias
 
 
-def conv3x3(c_in: int, c_out: int) -> int:
-    return 3 * 3 * c_in * c_out + c_out
+def conv3x3(c_in: int, c_out: int, bias: bool = True) -> int:
+    return 3 * 3 * c_in * c_out + c_out * bias
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +37,30 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 SIZES = [
     pytest.param(MLP, 136_074, id="mlp-seed000"),
     pytest.param(lambda: MLP([512]), dense(784, 512) + dense(512, 10), id="mlp-dense512"),
-    pytest.param(lambda: MLP([620], "sigmoid"), dense(784, 620) + dense(620, 10), id="mlp-fc_sigmoid"),
+    pytest.param(
+        lambda: MLP([620], "sigmoid", init="tf1"),
+        dense(784, 620, bias=False) + dense(620, 10, bias=False),
+        id="mlp-fc_sigmoid",
+    ),
     pytest.param(DropoutMLP, 101_770, id="dropout-seed003"),
     pytest.param(
-        lambda: DropoutMLP([625, 625], [0.6, 0.0]),
-        dense(784, 625) + dense(625, 625) + dense(625, 10),
+        lambda: DropoutMLP([625, 625], [0.6, 0.0], init="tf1"),
+        dense(784, 625, False) + dense(625, 625, False) + dense(625, 10, False),
         id="dropout-modern",
     ),
     pytest.param(
         CNN,
-        conv3x3(1, 32) + conv3x3(32, 64) + conv3x3(64, 128) + dense(128 * 4 * 4, 625) + dense(625, 10),
+        conv3x3(1, 32, False)
+        + conv3x3(32, 64, False)
+        + conv3x3(64, 128, False)
+        + dense(128 * 4 * 4, 625, False)
+        + dense(625, 10, False),
         id="cnn",
+    ),
+    pytest.param(
+        lambda: CNN(init="pytorch"),
+        conv3x3(1, 32) + conv3x3(32, 64) + conv3x3(64, 128) + dense(128 * 4 * 4, 625) + dense(625, 10),
+        id="cnn-pytorch-init",
     ),
     pytest.param(ScratchMLP, dense(784, 512) + dense(512, 10), id="scratch"),
     pytest.param(
@@ -66,6 +80,14 @@ def test_mnist_model_size_and_output_shape(make: Callable[[], MNISTClassifier], 
     assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
 
 
+@pytest.mark.parametrize(("make", "n_params"), SIZES)
+def test_every_model_pickles_as_serve_hands_it_to_its_workers(make: Callable[[], MNISTClassifier], n_params):
+    model = make()
+    copy_of = pickle.loads(pickle.dumps(model))
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(copy_of.eval()(x), model.eval()(x))
+
+
 def test_blobs_model_is_affine_2_to_1():
     model = LinearClassifier(num_inputs=2, num_outputs=1, loss="mse", lr=0.1)
     assert tuple(model.example_input_array.shape) == (1, 2)
@@ -73,6 +95,67 @@ def test_blobs_model_is_affine_2_to_1():
     x = torch.randn(5, 2)
     weight, bias = model.net[1].weight, model.net[1].bias
     torch.testing.assert_close(model(x), x @ weight.T + bias)
+
+
+def _weights(net: nn.Module) -> list[nn.Linear | nn.Conv2d]:
+    return [m for m in net.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda init: MLP([512, 256], init=init).net, id="mlp"),
+        pytest.param(lambda init: CNN(init=init).net, id="cnn"),
+    ],
+)
+def test_each_init_draws_its_tutorials_distribution(make: Callable[[str], nn.Module]):
+    torch.manual_seed(0)
+    for layer in _weights(make("keras")):  # Glorot-uniform: U(±sqrt(6 / (fan_in + fan_out))), zero biases
+        fan_in = layer.weight[0].numel()
+        fan_out = layer.weight.shape[0] * layer.weight[0, 0].numel()
+        limit = (6 / (fan_in + fan_out)) ** 0.5
+        w = layer.weight.detach()
+        assert w.abs().max() <= limit
+        assert w.std().item() == pytest.approx(limit / 3**0.5, rel=0.15)
+        assert not layer.bias.any()
+    for layer in _weights(make("tf1")):  # N(0, 0.01), no biases
+        assert layer.bias is None
+        assert layer.weight.std().item() == pytest.approx(0.01, rel=0.15)
+        assert abs(layer.weight.mean().item()) < 0.003
+    for layer in _weights(make("pytorch")):  # PyTorch's U(±1/sqrt(fan_in)) weights and biases
+        bound = 1 / layer.weight[0].numel() ** 0.5
+        assert layer.weight.abs().max() <= bound
+        assert layer.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.15)
+        assert layer.bias is not None and layer.bias.abs().max() <= bound and layer.bias.any()
+
+
+@pytest.mark.parametrize(
+    ("config", "init"),
+    [
+        ("mlp", "keras"),
+        ("dense512", "keras"),
+        ("dropout", "keras"),
+        ("fc_sigmoid", "tf1"),
+        ("modern_mlp", "tf1"),
+        ("cnn", "tf1"),
+    ],
+)
+def test_every_tutorial_config_starts_as_its_tutorial(config: str, init: str):
+    from lit_mnist.cli import LitMNISTCLI
+
+    cli = LitMNISTCLI(
+        args=["--config", str(REPO / "configs" / f"{config}.yaml"), "--trainer.logger", "false"], run=False
+    )
+    layers = _weights(cli.model.net)
+    if init == "tf1":
+        assert all(layer.bias is None for layer in layers)
+        assert all(layer.weight.std().item() == pytest.approx(0.01, rel=0.2) for layer in layers)
+    else:
+        assert all(not layer.bias.any() for layer in layers)
+        for layer in layers:
+            limit = (6 / (layer.in_features + layer.out_features)) ** 0.5
+            assert layer.weight.abs().max() <= limit
+            assert layer.weight.abs().max() > 0.9 * limit
 
 
 def _torch_nn_kinds(net: nn.Sequential) -> list[str]:
@@ -107,7 +190,7 @@ OVERFIT = [
     pytest.param(lambda: MLP([620], "sigmoid"), 20, id="mlp-sigmoid"),
     pytest.param(DropoutMLP, 20, id="dropout"),
     pytest.param(lambda: DropoutMLP([625, 625], [0.6, 0.0]), 20, id="dropout-modern"),
-    pytest.param(CNN, 20, id="cnn"),
+    pytest.param(CNN, 30, id="cnn"),  # N(0, 0.01) weights through five layers: near-zero logits at first
     # one-cycle warm-up, and batch-norm statistics that the evaluated loss uses catch up slowly
     pytest.param(SpeedrunCNN, 40, id="speedrun"),
     pytest.param(ScratchMLP, 20, id="scratch"),  # the tutorial's lr 1e-3

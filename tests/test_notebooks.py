@@ -22,6 +22,7 @@ EXPECTED = [
     "04_from_logistic_regression_to_cnn",
     "05_keras_to_lightning",
     "06_why_did_it_say_3",
+    "07_digits_from_elsewhere",
 ]
 
 
@@ -38,7 +39,7 @@ def _text(outputs: list[nbformat.NotebookNode]) -> str:
     return "\n".join(parts)
 
 
-def test_the_six_notebooks_are_there():
+def test_the_seven_notebooks_are_there():
     assert [path.stem for path in NOTEBOOKS] == EXPECTED
 
 

@@ -90,6 +90,7 @@ BAD_INPUTS = [
     ("yaml-syntax", ("fit", "--config", "{tmp}/bad.yaml"), 2, "Problems parsing config"),
     ("missing-ckpt", ("test", "--config", "configs/mlp.yaml", "--ckpt_path", "{tmp}/nope.ckpt"), 1, "nope.ckpt does not exist"),
     ("val-size-too-large", (*FIT, "--data.val_size", "60000"), 1, "data.val_size is 60000 but the training set has only 60000 images"),
+    ("augment-scale-reversed", (*FIT, "--data.augment.scale", "[1.2, 0.8]"), 1, "data.augment: scale must be (low, high) with 0 < low <= high, got (1.2, 0.8)."),
     ("val-size-negative", (*FIT, "--data.val_size", "-5"), 2, 'Parser key "data.val_size": Not of type NonNegativeInt: -5 does not conform to restriction v>=0'),
     ("data-dir-is-a-file", (*FIT, "--data.data_dir", "README.md"), 1, "data_dir README.md is a file, not a folder"),
     ("idx-labels-as-images", (*FIT, "--data.data_dir", "{labels-as-images}"), 1, "is not an MNIST images file: its magic number is 2049"),
@@ -204,8 +205,9 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
+# with augmentation on: the distortions, too, must come out the same after a resume
 KILL_FIT = (*FIT, "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "300", "--trainer.limit_val_batches", "1",
-            "--test_after_fit", "false")  # fmt: skip
+            "--test_after_fit", "false", "--data.augment.rotation", "20")  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -15,24 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO, running
+from helpers import CHROMIUM, CHROMIUM_ARGS, REPO, running
 
 pytestmark = pytest.mark.slow  # a server and a browser
 
-CHROMIUM = Path("/usr/bin/chromium")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)", allow_module_level=True)
-
-#: As root Chromium needs --no-sandbox; the rest stop it calling outside hosts on a machine without internet.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 Stroke = list[tuple[float, float]]
 #: Hand-made digits as strokes in the 280 × 280 drawing pad's pixels.

@@ -35,12 +35,13 @@ def load_mnist(train_size: int = 60000) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def parse_args(epochs: int, description: str) -> argparse.Namespace:
-    """``--epochs`` (default: the tutorial's) and ``--train-size`` (fewer images for a smoke run)."""
+    """``--epochs`` (default: the tutorial's), ``--train-size`` (the first N training images) and ``--seed``."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--epochs", type=int, default=epochs, help=f"epochs to train (the tutorial: {epochs})"
     )
     parser.add_argument("--train-size", type=int, default=60000, help="training images used (all 60,000)")
+    parser.add_argument("--seed", type=int, default=0, help="keras.utils.set_random_seed's seed")
     return parser.parse_args()
 
 

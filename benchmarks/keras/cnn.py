@@ -12,7 +12,7 @@ import _tf1
 import keras
 
 args = _common.parse_args(10, __doc__)
-keras.utils.set_random_seed(0)
+keras.utils.set_random_seed(args.seed)
 trX2, trY, teX2, teY = _tf1.load(args.train_size, (28, 28, 1))
 NUM_EPOCHS = args.epochs
 BATCH_SIZE = 50

@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 args = _common.parse_args(20, __doc__)
-keras.utils.set_random_seed(0)
+keras.utils.set_random_seed(args.seed)
 train_images, train_labels, test_images, test_labels = _common.load_mnist(args.train_size)
 train_images = train_images.reshape((len(train_images), 28 * 28)).astype("float32") / 255
 test_images = test_images.reshape((10000, 28 * 28)).astype("float32") / 255

@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 args = _common.parse_args(10, __doc__)
-keras.utils.set_random_seed(0)
+keras.utils.set_random_seed(args.seed)
 x_train, y_train, x_test, y_test = _common.load_mnist(args.train_size)
 x_train, x_test = x_train / 255.0, x_test / 255.0
 

@@ -12,7 +12,7 @@ import _tf1
 import keras
 
 args = _common.parse_args(50, __doc__)
-keras.utils.set_random_seed(0)
+keras.utils.set_random_seed(args.seed)
 trX, trY, teX, teY = _tf1.load(args.train_size)
 NUM_EPOCHS = args.epochs
 BATCH_SIZE = 100

@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 from torch.utils.data import DataLoader
 from torchvision.datasets import MNIST
 
+from lit_mnist.data.augment import Augmentation
 from lit_mnist.data.images import load_image_folder
 from lit_mnist.data.loader import batch_loader
 from lit_mnist.errors import LitMNISTError
@@ -191,9 +193,12 @@ class MNISTDataModule(L.LightningDataModule):
         shuffle_seed: int | None = None,
         predict_dir: str | None = None,
         on_device: bool = False,
+        augment: Augmentation | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["augment"])
+        # as plain values, so that checkpoints stay readable with torch.load(weights_only=True)
+        self.hparams["augment"] = None if augment is None else asdict(augment)
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -202,6 +207,8 @@ class MNISTDataModule(L.LightningDataModule):
         self.shuffle_seed = shuffle_seed
         self.predict_dir = predict_dir
         self.on_device = on_device
+        self.augment = augment
+        self._augmented: tuple[int, int] = (-1, 0)  # (epoch, batches of it augmented so far)
         self.predict_names: list[str] | None = None
         self.splits: dict[str, tuple[torch.Tensor, ...]] = {}
 
@@ -232,13 +239,16 @@ class MNISTDataModule(L.LightningDataModule):
             device = self.trainer.strategy.root_device
             self.splits = {name: tuple(t.to(device) for t in split) for name, split in self.splits.items()}
 
+    def _seed(self) -> int:
+        """The seed of the shuffling and of the augmentation."""
+        return (self.shuffle_seed if self.shuffle_seed is not None else torch.initial_seed()) % 2**63
+
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
-        seed = self.shuffle_seed if self.shuffle_seed is not None else torch.initial_seed()
         return batch_loader(
             *self.splits[split],
             batch_size=batch_size,
             shuffle=shuffle,
-            seed=seed % 2**63,
+            seed=self._seed(),
             trainer=self.trainer,
         )
 
@@ -260,3 +270,14 @@ class MNISTDataModule(L.LightningDataModule):
         if isinstance(batch, torch.Tensor):  # a model's example input, when Lightning summarizes it
             return batch.to(device, non_blocking=True)
         return tuple(t.to(device, non_blocking=True) for t in batch)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training batches, distorted by ``augment`` when it is set; every other batch as it is."""
+        trainer = self.trainer
+        if self.augment is None or trainer is None or not trainer.training or not isinstance(batch, tuple):
+            return batch
+        epoch = trainer.current_epoch
+        index = self._augmented[1] if self._augmented[0] == epoch else 0
+        self._augmented = (epoch, index + 1)
+        images, labels = batch
+        return self.augment(images, (self._seed(), epoch, index, trainer.global_rank)), labels

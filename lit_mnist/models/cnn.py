@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lit_mnist.models.classifier import MNISTClassifier
-from lit_mnist.models.mlp import MaskDropout
+from lit_mnist.models.mlp import Init, MaskDropout, has_bias, init_weights
 
 
 def cnn_network(
@@ -19,6 +19,7 @@ def cnn_network(
     hidden_dropout: float = 0.5,
     image_size: int = 28,
     num_classes: int = 10,
+    init: Init = "tf1",
 ) -> nn.Sequential:
     """Conv blocks, then a dense hidden layer, as the tutorial's code runs them::
 
@@ -43,12 +44,13 @@ def cnn_network(
         hidden_dropout: Drop probability after the dense hidden layer.
         image_size: Side of the square input images.
         num_classes: Number of logits.
+        init: How the weights start (``Init``); the tutorial's is ``tf1``: N(0, 0.01), no biases.
     """
     layers: list[nn.Module] = []
     in_channels, size = 1, image_size
     for i, out_channels in enumerate(channels):
         layers += [
-            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding="same"),
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding="same", bias=has_bias(init)),
             nn.ReLU(),
             nn.MaxPool2d(2, ceil_mode=True),
         ]
@@ -57,12 +59,12 @@ def cnn_network(
         in_channels, size = out_channels, -(-size // 2)
     layers += [
         nn.Flatten(),
-        nn.Linear(in_channels * size * size, hidden_size),
+        nn.Linear(in_channels * size * size, hidden_size, bias=has_bias(init)),
         nn.ReLU(),
         MaskDropout(hidden_dropout),
-        nn.Linear(hidden_size, num_classes),
+        nn.Linear(hidden_size, num_classes, bias=has_bias(init)),
     ]
-    return nn.Sequential(*layers).to(memory_format=torch.channels_last)
+    return init_weights(nn.Sequential(*layers), init).to(memory_format=torch.channels_last)
 
 
 class CNN(MNISTClassifier):
@@ -83,6 +85,7 @@ class CNN(MNISTClassifier):
         hidden_size: int = 625,
         conv_dropout: float = 0.2,
         hidden_dropout: float = 0.5,
+        init: Init = "tf1",
         **kwargs: Any,
     ) -> None:
         """Build the network and hand it to ``MNISTClassifier``.
@@ -92,6 +95,11 @@ class CNN(MNISTClassifier):
             hidden_size: Units of the dense hidden layer.
             conv_dropout: Drop probability after every block but the last.
             hidden_dropout: Drop probability after the dense hidden layer.
+            init: How the weights start: ``tf1`` (N(0, 0.01), no biases: the tutorial's),
+                ``keras`` (Glorot-uniform, zero biases) or ``pytorch`` (PyTorch's defaults).
+                docs/porting.md, rows 1 and 2.
             **kwargs: ``optimizer``, ``lr_scheduler`` and ``compile``, as ``MNISTClassifier`` takes them.
         """
-        super().__init__(cnn_network(channels, hidden_size, conv_dropout, hidden_dropout), **kwargs)
+        super().__init__(
+            cnn_network(channels, hidden_size, conv_dropout, hidden_dropout, init=init), **kwargs
+        )

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lit_mnist.models.classifier import MNISTClassifier
-from lit_mnist.models.mlp import Activation, mlp_network
+from lit_mnist.models.mlp import Activation, Init, mlp_network
 
 
 class DropoutMLP(MNISTClassifier):
@@ -33,6 +33,7 @@ class DropoutMLP(MNISTClassifier):
         hidden_sizes: Sequence[int] = (128,),
         dropout: Sequence[float] = (0.2,),
         activation: Activation = "relu",
+        init: Init = "keras",
         **kwargs: Any,
     ) -> None:
         """Build the network and hand it to ``MNISTClassifier``.
@@ -42,6 +43,9 @@ class DropoutMLP(MNISTClassifier):
             dropout: Drop probability after each hidden layer (PyTorch's ``p``, TF1's
                 1 − ``keep_prob``); 0 puts no ``Dropout`` after that layer.
             activation: The hidden layers' activation: ``relu``, ``sigmoid`` or ``tanh``.
+            init: How the weights start: ``keras`` (Glorot-uniform, zero biases: the slides'
+                Keras), ``tf1`` (N(0, 0.01), no biases: "What is TensorFlow?") or ``pytorch``
+                (PyTorch's defaults). docs/porting.md, rows 1 and 2.
             **kwargs: ``optimizer``, ``lr_scheduler`` and ``compile``, as ``MNISTClassifier`` takes them.
         """
-        super().__init__(mlp_network(hidden_sizes, activation, dropout=dropout), **kwargs)
+        super().__init__(mlp_network(hidden_sizes, activation, dropout=dropout, init=init), **kwargs)

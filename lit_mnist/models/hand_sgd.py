@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import torch
@@ -51,5 +52,6 @@ class HandSGDClassifier(MNISTClassifier):
     """
 
     def __init__(self, net: nn.Module, lr: float, num_classes: int = 10) -> None:
-        super().__init__(net, optimizer=lambda params: GradientDescent(params, lr), num_classes=num_classes)
+        # a partial, not a lambda: serve's workers get the model pickled
+        super().__init__(net, optimizer=partial(GradientDescent, lr=lr), num_classes=num_classes)
         self.lr = lr

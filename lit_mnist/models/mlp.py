@@ -14,6 +14,31 @@ from lit_mnist.models.classifier import MNISTClassifier
 Activation = Literal["relu", "sigmoid", "tanh"]
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
+#: How a network's weights start: ``keras`` (Keras layers' Glorot-uniform weights, zero biases),
+#: ``tf1`` (TensorFlow 1 code's ``tf.random_normal(stddev=0.01)`` weights and no biases) or
+#: ``pytorch`` (PyTorch's own U(±1/√fan_in) weights and biases). docs/porting.md, rows 1 and 2.
+Init = Literal["keras", "tf1", "pytorch"]
+TF1_STD = 0.01
+
+
+def has_bias(init: Init) -> bool:
+    """Whether the layers of a network started with ``init`` have biases (``tf1``'s have none)."""
+    return init != "tf1"
+
+
+def init_weights(net: nn.Module, init: Init) -> nn.Module:
+    """Draw every ``nn.Linear`` and ``nn.Conv2d`` weight of ``net`` as ``init`` says; return ``net``."""
+    for layer in net.modules():
+        if not isinstance(layer, nn.Linear | nn.Conv2d) or init == "pytorch":
+            continue
+        if init == "keras":
+            nn.init.xavier_uniform_(layer.weight)
+        else:
+            nn.init.normal_(layer.weight, std=TF1_STD)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+    return net
+
 
 class MaskDropout(nn.Dropout):
     """``nn.Dropout`` with its mask drawn as uniform numbers compared with ``p``.
@@ -45,12 +70,14 @@ def mlp_network(
     in_features: int = 28 * 28,
     num_classes: int = 10,
     dropout: Sequence[float] = (),
+    init: Init = "keras",
 ) -> nn.Sequential:
     """``Flatten → [Dense(h) → activation (→ Dropout)] × len(hidden_sizes) → Dense(num_classes)`` logits.
 
     ``dropout`` gives each hidden layer's drop probability (PyTorch's ``p``, TF1's 1 − keep_prob);
     empty means none, and a 0 leaves that layer without a dropout module. The dropouts are
-    ``MaskDropout``, faster than ``nn.Dropout`` on the CPU.
+    ``MaskDropout``, faster than ``nn.Dropout`` on the CPU. ``init`` is how the weights start
+    (``Init``).
     """
     if dropout and len(dropout) != len(hidden_sizes):
         raise LitMNISTError(
@@ -60,12 +87,12 @@ def mlp_network(
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
     for size, p in zip(hidden_sizes, dropout or [0.0] * len(hidden_sizes), strict=True):
-        layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
+        layers += [nn.Linear(width, size, bias=has_bias(init)), ACTIVATIONS[activation]()]
         if p:
             layers.append(MaskDropout(p))
         width = size
-    layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
+    layers.append(nn.Linear(width, num_classes, bias=has_bias(init)))
+    return init_weights(nn.Sequential(*layers), init)
 
 
 class MLP(MNISTClassifier):
@@ -85,13 +112,20 @@ class MLP(MNISTClassifier):
     """
 
     def __init__(
-        self, hidden_sizes: Sequence[int] = (128, 256), activation: Activation = "relu", **kwargs: Any
+        self,
+        hidden_sizes: Sequence[int] = (128, 256),
+        activation: Activation = "relu",
+        init: Init = "keras",
+        **kwargs: Any,
     ) -> None:
         """Build the network and hand it to ``MNISTClassifier``.
 
         Args:
             hidden_sizes: Width of each hidden ``Dense`` layer, input side first.
             activation: The hidden layers' activation: ``relu``, ``sigmoid`` or ``tanh``.
+            init: How the weights start: ``keras`` (Glorot-uniform, zero biases: the Keras
+                tutorials), ``tf1`` (N(0, 0.01), no biases: "What is TensorFlow?") or ``pytorch``
+                (PyTorch's defaults). docs/porting.md, rows 1 and 2.
             **kwargs: ``optimizer``, ``lr_scheduler`` and ``compile``, as ``MNISTClassifier`` takes them.
         """
-        super().__init__(mlp_network(hidden_sizes, activation), **kwargs)
+        super().__init__(mlp_network(hidden_sizes, activation, init=init), **kwargs)
