@@ -4,7 +4,7 @@
     python benchmarks/drawn.py --configs mlp cnn --seeds 0 --pen 20
 
 The digits are scikit-learn's ``load_digits``: the 1,797 test digits of the UCI "Optical Recognition
-of Handwritten Digits" data set (E. Alpaydin and C. Kaynak, 1998; CC BY 4.0), written by 43 people
+of Handwritten Digits" data set (E. Alpaydin and C. Kaynak, 1998; CC BY 4.0), written by 13 people
 on forms and collected and prepared apart from MNIST: 32 × 32 bitmaps counted in 4 × 4 blocks, so
 8 × 8 pixels of 17 grey levels. No model trains on them. Each is written as a PNG file (dark ink on white, with a margin of paper, as a scan) and read back with
 ``load_image_folder``, exactly as ``predict --data.predict_dir`` and ``serve`` read a user's file.
