@@ -47,7 +47,7 @@ from lit_mnist.data.mnist import load_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from helpers import CHROMIUM, CHROMIUM_ARGS, running  # noqa: E402  (the tests' helpers, not part of the package)
+from helpers import CHROMIUM, CHROMIUM_ARGS, draw, running  # noqa: E402  (the tests' helpers, not part of the package)
 
 #: Every tutorial config of an MNIST model (``configs/cnn_drawn.yaml`` is ``cnn`` with augmentation on).
 CONFIGS = ["linear", "scratch", "dropout", "mlp", "dense512", "fc_sigmoid", "modern_mlp", "cnn"]
@@ -137,13 +137,7 @@ def draw_on_page(url: str, drawings: list[list[Stroke]], names: list[str]) -> li
             page.goto(f"{url}/")
             for drawing in drawings:
                 page.click("#clear")
-                box = page.locator("#pad").bounding_box()
-                for stroke in drawing:
-                    page.mouse.move(box["x"] + stroke[0][0], box["y"] + stroke[0][1])
-                    page.mouse.down()
-                    for x, y in stroke[1:]:
-                        page.mouse.move(box["x"] + x, box["y"] + y, steps=2)
-                    page.mouse.up()
+                draw(page, drawing)
                 page.wait_for_selector('#answers[data-done="1"]', timeout=60_000)
                 answers.append({n: int(page.text_content(f'[data-model="{n}"] .label')) for n in names})
         finally:

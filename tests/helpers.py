@@ -34,6 +34,21 @@ CHROMIUM_ARGS = [
 ]
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
 
+#: One pen stroke on the page's drawing pad: (x, y) points in the pad's pixels.
+Stroke = list[tuple[float, float]]
+
+
+def draw(page: Any, strokes: list[Stroke]) -> None:
+    """Draw ``strokes`` with the mouse on the serve page's pad (a Playwright page)."""
+    box = page.locator("#pad").bounding_box()
+    for stroke in strokes:
+        page.mouse.move(box["x"] + stroke[0][0], box["y"] + stroke[0][1])
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(box["x"] + x, box["y"] + y, steps=2)
+        page.mouse.up()
+
+
 #: One short fit for ``run_cli("fit", "--config", ..., *SHORT_FIT)``: one epoch of 40 batches,
 #: 2 validation and 2 test batches. Later arguments override it (``--trainer.max_epochs 2``).
 SHORT_FIT = (

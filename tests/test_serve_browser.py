@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CHROMIUM, CHROMIUM_ARGS, REPO, running
+from helpers import CHROMIUM, CHROMIUM_ARGS, REPO, Stroke, draw, running
 
 pytestmark = pytest.mark.slow  # a server and a browser
 
@@ -23,7 +23,6 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright f
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)", allow_module_level=True)
 
-Stroke = list[tuple[float, float]]
 #: Hand-made digits as strokes in the 280 × 280 drawing pad's pixels.
 DIGITS: dict[int, list[Stroke]] = {
     1: [[(140, 40 + 10 * i) for i in range(21)]],
@@ -45,16 +44,6 @@ NAMES = ["mlp", "cnn"]
 def page_url(mnist_mlp_checkpoint: Path, mnist_cnn_checkpoint: Path) -> Any:
     with running("--ckpt_path", f"[{mnist_mlp_checkpoint}, {mnist_cnn_checkpoint}]") as server:
         yield server.url
-
-
-def draw(page: Any, strokes: list[Stroke]) -> None:
-    box = page.locator("#pad").bounding_box()
-    for stroke in strokes:
-        page.mouse.move(box["x"] + stroke[0][0], box["y"] + stroke[0][1])
-        page.mouse.down()
-        for x, y in stroke[1:]:
-            page.mouse.move(box["x"] + x, box["y"] + y, steps=2)
-        page.mouse.up()
 
 
 def canvas_pixels(page: Any, selector: str) -> list[list[int]]:
