@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_mnist.data.mnist import ensure_mnist_files, load_mnist
+from lit_mnist.models import KerasRMSprop
 from lit_mnist.models.cnn import cnn_network
 from lit_mnist.models.mlp import MaskDropout
 
@@ -103,7 +104,7 @@ def make_step(
 ) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """One training step; ``bf16`` runs the forward and the loss under ``torch.autocast("cpu", torch.bfloat16)``
     as Lightning's ``precision: bf16-mixed`` does (weights, gradients and optimizer stay float32)."""
-    optimizer = torch.optim.RMSprop(net.parameters(), lr=0.001, alpha=0.9, eps=3.16e-4)
+    optimizer = KerasRMSprop(net.parameters(), lr=0.001, rho=0.9, eps=1e-7)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         if channels_last:
@@ -190,7 +191,7 @@ def main() -> None:
 
 def profile_split(net: nn.Module, data) -> None:
     """Median ms of forward, backward and optimizer step of ``net`` over ``data``."""
-    optimizer = torch.optim.RMSprop(net.parameters(), lr=0.001, alpha=0.9, eps=3.16e-4)
+    optimizer = KerasRMSprop(net.parameters(), lr=0.001, rho=0.9, eps=1e-7)
     parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
     for x, y in data:
         t0 = time.perf_counter()

@@ -3,8 +3,9 @@
     python benchmarks/reproduce.py                       # all configs, random seeds 0-2, on the CPU
     python benchmarks/reproduce.py --configs cnn modern_mlp --seeds 0 --accelerator gpu
 
-Each run is ``python -m lit_mnist fit --config configs/<name>.yaml --seed_everything <seed>`` in its
-own process, which trains, keeps the best checkpoint by validation accuracy and tests it; the table
+Each run is ``python -m lit_mnist fit --config configs/<name>.yaml --seed_everything <seed> --threads
+<threads>`` in its own process, which trains, keeps the best checkpoint by validation accuracy (the
+last one where the config has no validation set) and tests it; the table
 reports the mean ± standard deviation of those test accuracies, next to what the tutorial reports,
 what its Keras code gives today (``docs/tutorials.md``) and the target, the higher of the two: the
 mean must be at or above it. Arguments after ``--`` go to every
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import re
 import statistics
@@ -55,11 +57,18 @@ TUTORIAL_NUMBERS = {
 
 
 def run(
-    config: str, seed: int, accelerator: str, logs: Path, cli_args: tuple[str, ...] = ()
+    config: str, seed: int, accelerator: str, logs: Path, threads: int, cli_args: tuple[str, ...] = ()
 ) -> tuple[float, float, float]:
-    """Test accuracy (%), test loss and wall time (s) of one full ``fit`` (``cli_args`` appended)."""
+    """Test accuracy (%), test loss and wall time (s) of one full ``fit`` on ``threads`` CPU threads (``cli_args`` appended)."""
     command = [sys.executable, "-m", "lit_mnist", "fit", "--config", f"configs/{config}.yaml"]
-    command += ["--seed_everything", str(seed), "--trainer.accelerator", accelerator]
+    command += [
+        "--seed_everything",
+        str(seed),
+        "--trainer.accelerator",
+        accelerator,
+        "--threads",
+        str(threads),
+    ]
     command += ["--trainer.logger.init_args.save_dir", str(logs), *cli_args]
     start = time.monotonic()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -80,6 +89,13 @@ def main() -> None:
     parser.add_argument("--configs", nargs="*", default=list(TUTORIAL_NUMBERS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="CPU threads of every fit (default: every core, however busy the machine): a seed fixes the "
+        "weights only for a given thread count",
+    )
     parser.add_argument("--output", type=Path, default=None, help="also write the table to this file")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     parser.add_argument("--keras", action="store_true", help="also run the tutorial's Keras code, same seeds")
@@ -94,7 +110,7 @@ def main() -> None:
         torch.cuda.get_device_name() if args.accelerator == "gpu" else f"{cpu_model()} ({platform.machine()})"
     )
     lines = [
-        f"Measured {datetime.date.today()} on {device} ({torch.get_num_threads()} threads), torch {torch.__version__}.",
+        f"Measured {datetime.date.today()} on {device} ({args.threads} threads), torch {torch.__version__}.",
         "",
         "| config | tutorial | tutorial reports | its Keras code today | target | lit_mnist test accuracy | epochs | wall time per run |"
         + (f" its Keras code, same seeds, {args.keras_train_size:,} images |" if python else ""),
@@ -105,7 +121,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as logs:
         for config in args.configs:
             results = [
-                run(config, seed, args.accelerator, Path(logs), tuple(args.cli_args))
+                run(config, seed, args.accelerator, Path(logs), args.threads, tuple(args.cli_args))
                 for seed in ([] if args.keras_only else args.seeds)
             ]
             accs = [r[0] for r in results]

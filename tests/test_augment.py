@@ -193,7 +193,9 @@ class LoaderBatches(L.LightningDataModule):
     def train_dataloader(self):
         images, labels = self.data.splits["train"]
         seed = torch.initial_seed()
-        return batch_loader(images, labels, batch_size=self.data.batch_size, shuffle=True, seed=seed)
+        return batch_loader(
+            images, labels, batch_size=self.data.batch_size, shuffle=self.data.shuffle, seed=seed
+        )
 
 
 TUTORIAL_CONFIGS = ["mlp", "dropout", "dense512", "scratch", "linear", "fc_sigmoid", "modern_mlp", "cnn"]

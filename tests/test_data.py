@@ -75,6 +75,20 @@ def test_train_and_val_are_disjoint_and_cover_the_training_set(tiny_mnist):
     assert sorted(map(bytes, every.numpy())) == sorted(map(bytes, raw.numpy()))
 
 
+def test_without_shuffle_every_epoch_walks_the_training_images_in_file_order(tiny_mnist):
+    dm = _setup(tiny_mnist, val_size=30, batch_size=16, shuffle=False)
+    held_out = set(map(bytes, dm.splits["val"][0].flatten(1).numpy()))
+    raw = MNIST(str(tiny_mnist), train=True).data
+    expected = torch.stack([image for image in raw if bytes(image.flatten().numpy()) not in held_out])
+    for _ in range(2):
+        walked = torch.cat([images for images, _ in dm.train_dataloader()]).squeeze(1)
+        assert torch.equal(walked, expected)
+    shuffled = _setup(tiny_mnist, val_size=30, batch_size=16)
+    assert not torch.equal(
+        torch.cat([images for images, _ in shuffled.train_dataloader()]).squeeze(1), expected
+    )
+
+
 def test_gz_files_are_extracted(tmp_path):
     src = write_mnist(tmp_path / "src") / "MNIST" / "raw"
     raw = tmp_path / "data" / "MNIST" / "raw"

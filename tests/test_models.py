@@ -15,7 +15,7 @@ from torch import nn
 from lit_mnist import CNN, MLP, BlobsDataModule, DropoutMLP, LinearClassifier, ScratchMLP, SpeedrunCNN
 from lit_mnist.data import batch_loader, load_mnist
 from lit_mnist.errors import LitMNISTError
-from lit_mnist.models import MNISTClassifier, mlp_network
+from lit_mnist.models import KerasRMSprop, MNISTClassifier, mlp_network
 
 
 def dense(n_in: int, n_out: int, bias: bool = True) -> int:
@@ -368,3 +368,35 @@ def test_config_runs(config: str, tmp_path: Path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Test accuracy" in result.stdout
+
+
+def test_keras_rmsprop_puts_epsilon_under_the_square_root():
+    """Two steps against Keras' formula written out, and against PyTorch's RMSprop where epsilon vanishes."""
+    grads = [torch.tensor([0.5, -1e-4, 0.0, 2.0]), torch.tensor([-0.25, 3e-4, 1e-3, 2.0])]
+    lr, rho, eps = 0.01, 0.9, 1e-7
+    param = nn.Parameter(torch.ones(4, dtype=torch.float64))
+    optimizer = KerasRMSprop([param], lr=lr, rho=rho, eps=eps)
+    expected, square_avg = torch.ones(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    for grad in grads:
+        param.grad = grad.double()
+        optimizer.step()
+        square_avg = rho * square_avg + (1 - rho) * grad.double() ** 2
+        expected -= lr * grad.double() / torch.sqrt(square_avg + eps)
+    torch.testing.assert_close(param.detach(), expected, rtol=1e-12, atol=0)
+
+    ours, theirs = (nn.Parameter(torch.ones(4, dtype=torch.float64)) for _ in range(2))
+    optimizers = (
+        KerasRMSprop([ours], lr=lr, rho=rho, eps=1e-30),
+        torch.optim.RMSprop([theirs], lr=lr, alpha=rho, eps=1e-30),
+    )
+    for grad in grads[1:]:
+        for p, opt in zip((ours, theirs), optimizers, strict=True):
+            p.grad = grad.double()
+            opt.step()
+    torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("options", [{"lr": -1.0}, {"rho": 1.0}, {"eps": 0.0}])
+def test_keras_rmsprop_refuses_bad_settings(options):
+    with pytest.raises(LitMNISTError, match="KerasRMSprop takes"):
+        KerasRMSprop([nn.Parameter(torch.ones(1))], **options)

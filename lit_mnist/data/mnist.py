@@ -174,6 +174,9 @@ class MNISTDataModule(L.LightningDataModule):
             and skips validation.
         split_seed: Seed of the train/validation split, kept apart from the training seed so that
             runs with different seeds are validated on the same images.
+        shuffle: Shuffle the training images every epoch. ``false`` walks them in the order of the
+            MNIST file every epoch, as the loop written by hand in "A first look" does
+            (``configs/scratch.yaml``).
         shuffle_seed: Seed of the per-epoch shuffling; the order of epoch ``e`` is fixed by
             ``(shuffle_seed, e)``. ``None`` takes the seed given to ``seed_everything``.
         predict_dir: A folder of the user's own PNG/JPEG digits to predict instead of the test
@@ -190,6 +193,7 @@ class MNISTDataModule(L.LightningDataModule):
         eval_batch_size: PositiveInt = 1000,
         val_size: NonNegativeInt = 5000,
         split_seed: int = 42,
+        shuffle: bool = True,
         shuffle_seed: int | None = None,
         predict_dir: str | None = None,
         on_device: bool = False,
@@ -204,6 +208,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.val_size = val_size
         self.split_seed = split_seed
+        self.shuffle = shuffle
         self.shuffle_seed = shuffle_seed
         self.predict_dir = predict_dir
         self.on_device = on_device
@@ -227,6 +232,8 @@ class MNISTDataModule(L.LightningDataModule):
             order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed))
             images = images.unsqueeze(1)  # [N, 1, 28, 28]: one channel, as the models take images
             val, train = order[: self.val_size], order[self.val_size :]
+            if not self.shuffle:
+                train = train.sort().values
             self.splits["train"] = images[train], labels[train]
             self.splits["val"] = images[val], labels[val]
         if stage == "predict" and self.predict_dir is not None:
@@ -253,7 +260,7 @@ class MNISTDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        return self._loader("train", self.batch_size, shuffle=self.shuffle)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_size == 0:
