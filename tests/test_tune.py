@@ -394,7 +394,9 @@ def test_two_processes_share_one_study(work: Path) -> None:
     # Each worker stops once 5 trials have finished: the one still running then may finish a 6th.
     assert not first & second and set(range(5)) <= first | second <= set(range(6))
     rows = trials(work / "lightning_logs" / "tune_mlp" / "trials.csv")
-    assert len(rows) in (5, 6) and {r["state"] for r in rows} == {"COMPLETE"}
+    states = [r["state"] for r in rows]
+    # The median pruner starts once 5 trials have completed: only that 6th may be pruned.
+    assert len(rows) in (5, 6) and states.count("COMPLETE") >= 5 and set(states) <= {"COMPLETE", "PRUNED"}
 
 
 POSTGRES_BIN = Path("/usr/lib/postgresql")
