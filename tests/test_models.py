@@ -80,8 +80,8 @@ def test_mnist_model_size_and_output_shape(make: Callable[[], MNISTClassifier], 
     assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
 
 
-@pytest.mark.parametrize(("make", "n_params"), SIZES)
-def test_every_model_pickles_as_serve_hands_it_to_its_workers(make: Callable[[], MNISTClassifier], n_params):
+@pytest.mark.parametrize("make", [pytest.param(p.values[0], id=p.id) for p in SIZES])
+def test_every_model_pickles_as_serve_hands_it_to_its_workers(make: Callable[[], MNISTClassifier]):
     model = make()
     copy_of = pickle.loads(pickle.dumps(model))
     x = torch.rand(2, 1, 28, 28)
