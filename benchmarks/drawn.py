@@ -12,14 +12,15 @@ on forms and collected and prepared apart from MNIST: 32 × 32 bitmaps counted i
 For every config, augmentation setting (``off``: ``--data.augment null``; ``on``: the default
 ``Augmentation``, ``--data.augment {}``, so that ``cnn`` with it on is ``configs/cnn_drawn.yaml``)
 and seed, the script trains
-``python -m lit_mnist fit --config configs/<config>.yaml --seed_everything <seed>`` into
-``--runs`` (a run already there, with its ``done`` file, is not trained again), then scores the
+``python -m lit_mnist fit --config configs/<config>.yaml --seed_everything <seed> --threads <threads>``
+into ``--runs`` (a run already there, with its ``done`` file, is not trained again), then scores the
 run's best checkpoint on MNIST's test set and on the independent digits. With ``--pen N`` it also
 serves every run's checkpoint (``python -m lit_mnist serve``), opens the page in Debian's Chromium
 (Playwright) and draws ``N`` of the digits (an equal number of each class) with the mouse, one
 stroke along each branch of the digit's skeleton (scikit-image's ``skeletonize``), as a person traces
 it; every model's answer is read from the page. The table gives the median over the seeds, and
-the lowest and highest. Not part of ``make test``.
+the lowest and highest; a second table the independent digits class by class (median). Not part
+of ``make test``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -149,13 +151,14 @@ def draw_on_page(url: str, drawings: list[list[Stroke]], names: list[str]) -> li
 AUGMENT_ARGS = {"off": ["--data.augment", "null"], "on": ["--data.augment", "{}"]}
 
 
-def trained(config: str, augment: str, seed: int, runs: Path, accelerator: str) -> Path:
+def trained(config: str, augment: str, seed: int, runs: Path, accelerator: str, threads: int) -> Path:
     """The best checkpoint of the run, trained now unless ``runs`` has it already."""
     folder = runs / f"{config}-{augment}-seed{seed}"
     done = folder / "done"
     if not done.exists():
         command = [sys.executable, "-m", "lit_mnist", "fit", "--config", f"configs/{config}.yaml"]
         command += ["--seed_everything", str(seed), "--trainer.accelerator", accelerator]
+        command += ["--threads", str(threads)]
         command += ["--trainer.logger.init_args.save_dir", str(folder), "--test_after_fit", "false"]
         command += AUGMENT_ARGS[augment]
         print(f"training {folder.name}", file=sys.stderr, flush=True)
@@ -169,11 +172,15 @@ def trained(config: str, augment: str, seed: int, runs: Path, accelerator: str) 
     return best[0]
 
 
-def accuracy(ckpt: Path, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Percent of ``images`` the checkpoint's model labels right."""
+def predictions(ckpt: Path, images: torch.Tensor) -> torch.Tensor:
+    """The label the checkpoint's model gives each of ``images``."""
     model = load_model(ckpt, read_checkpoint(ckpt))
-    predicted = torch.cat([model.predict(chunk) for chunk in images.split(1000)])
-    return 100 * (predicted == labels).float().mean().item()
+    return torch.cat([model.predict(chunk) for chunk in images.split(1000)])
+
+
+def by_class(predicted: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """Percent of each class's digits (0 to 9) labelled right."""
+    return [100 * (predicted[labels == d] == d).float().mean().item() for d in range(10)]
 
 
 def spread(values: list[float], fmt: str) -> str:
@@ -195,6 +202,12 @@ def main() -> None:
     )
     parser.add_argument("--pen", type=int, default=20, help="digits drawn on the page (0: none)")
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="CPU threads of every fit (default: every core, however busy the machine)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.pen and not CHROMIUM.exists():
@@ -205,16 +218,19 @@ def main() -> None:
         independent = prepared(pictures, Path(folder))
     test_images, test_labels = load_mnist(REPO / "data", train=False)
     runs = {
-        (config, augment, seed): trained(config, augment, seed, args.runs, args.accelerator)
+        (config, augment, seed): trained(config, augment, seed, args.runs, args.accelerator, args.threads)
         for config in args.configs
         for augment in args.augment
         for seed in args.seeds
     }
     scores: dict[tuple[str, str, int], dict[str, float]] = {}
+    independent_labels = torch.from_numpy(digit_labels)
     for key, ckpt in runs.items():
+        on_independent = predictions(ckpt, independent)
         scores[key] = {
-            "mnist": accuracy(ckpt, test_images, test_labels),
-            "independent": accuracy(ckpt, independent, torch.from_numpy(digit_labels)),
+            "mnist": 100 * (predictions(ckpt, test_images) == test_labels).float().mean().item(),
+            "independent": 100 * (on_independent == independent_labels).float().mean().item(),
+            "independent_by_class": by_class(on_independent, independent_labels),
         }
     if args.pen:
         chosen = pen_digits(digit_labels, args.pen)
@@ -245,6 +261,14 @@ def main() -> None:
             if args.pen:
                 row += " | " + spread([g["pen"] for g in got], "{:.0f}")
             print(row + " |", flush=True)
+    print("\nThe independent digits, class by class:\n")
+    print("| config | augmentation | " + " | ".join(map(str, range(10))) + " |")
+    print("|---|---|" + "---|" * 10)
+    for config in args.configs:
+        for augment in args.augment:
+            got = [scores[(config, augment, seed)]["independent_by_class"] for seed in args.seeds]
+            cells = [f"{statistics.median(g[d] for g in got):.0f} %" for d in range(10)]
+            print(f"| {config} | {augment} | " + " | ".join(cells) + " |", flush=True)
     if args.json:
         figures = [{"config": c, "augment": a, "seed": s, **v} for (c, a, s), v in scores.items()]
         args.json.write_text(json.dumps(figures, indent=1) + "\n")

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, quiet_trainer, run_cli
+from helpers import REPO, quiet_trainer
 from torch import nn
 
 from lit_mnist import CNN, MLP, BlobsDataModule, DropoutMLP, LinearClassifier, ScratchMLP, SpeedrunCNN
+from lit_mnist.__main__ import main
 from lit_mnist.data import batch_loader, load_mnist
 from lit_mnist.errors import LitMNISTError
 from lit_mnist.models import KerasRMSprop, MNISTClassifier, mlp_network
@@ -353,21 +354,24 @@ def test_every_seed_model_and_trainer_has_a_config():
 
 
 @pytest.mark.parametrize("config", MODEL_CONFIGS)
-def test_config_runs(config: str, tmp_path: Path):
-    """``fit`` with ``fast_dev_run``: one training and one validation batch, then the test batch."""
+def test_config_runs(
+    config: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    """``fit`` with ``fast_dev_run``: one training and one validation batch, then the test batch.
+
+    In this process, to spare a process start per config: the command line's own process is
+    tested in test_cli.py.
+    """
+    monkeypatch.chdir(REPO)
     args = ["--config", f"configs/{config}"]
     trainer = TRAINER_FOR.get(config)
     if trainer is not None:
         args += ["--config", f"configs/trainer/{trainer}"]
         if not trainer.startswith("cpu"):
             args.append("--trainer.accelerator=cpu")
-    result = run_cli(
-        "fit", *args,
-        "--trainer.fast_dev_run=true", "--trainer.logger=false",
-        f"--trainer.default_root_dir={tmp_path}",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Test accuracy" in result.stdout
+    main(["fit", *args, "--trainer.fast_dev_run=true", "--trainer.logger=false",
+          f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    assert "Test accuracy" in capsys.readouterr().out
 
 
 def test_keras_rmsprop_puts_epsilon_under_the_square_root():

@@ -77,8 +77,8 @@ def test_the_users_setting_wins():
 
 
 def test_fit_computes_on_the_threads_chosen(tiny_mnist):
+    """All cores busy: one thread; a pytest worker's share reaches its processes (``--threads``: below)."""
     data = tiny_mnist
-    assert _fit(data, "--threads", "2", **UNSET) == {0: 2}
     with busy(threads.available_cores()):
         assert _fit(data, **UNSET) == {0: 1}
     # this test's own process (a pytest-xdist worker) hands its share to the processes it starts
@@ -96,10 +96,13 @@ def test_the_test_suites_workers_share_the_cores():
 
 @pytest.mark.slow  # two DDP processes
 def test_ddp_processes_on_the_cpu_take_the_same_count(tiny_mnist):
-    """Lightning's DDP launcher keeps the count, and the process it starts takes the same."""
+    """Lightning's DDP launcher keeps the count, and the process it starts takes the same.
+
+    ``--threads`` beats the environment's ``OMP_NUM_THREADS`` in both processes, so neither falls
+    back to what it inherits.
+    """
     ddp = ("--config", "configs/trainer/ddp_cpu.yaml")
-    assert _fit(tiny_mnist, *ddp, "--threads", "2", **UNSET) == {0: 2, 1: 2}
-    assert _fit(tiny_mnist, *ddp, OMP_NUM_THREADS="1") == {0: 1, 1: 1}
+    assert _fit(tiny_mnist, *ddp, "--threads", "2", OMP_NUM_THREADS="1") == {0: 2, 1: 2}
 
 
 @pytest.mark.slow  # an Optuna study

@@ -236,20 +236,25 @@ def test_bad_options_are_the_parsers_errors(
     assert message in err and "Traceback" not in err
 
 
-def test_help_describes_every_option_and_print_config_shows_fit_and_tune() -> None:
-    help_ = run_cli("tune", "--help")
-    assert help_.returncode == 0, help_.stderr[-2000:]
-    text = " ".join(help_.stdout.split())
+def test_help_describes_every_option_and_print_config_shows_fit_and_tune(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """(``tune --help`` in a process of its own, with a sentence for every option: test_cli.py.)"""
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tune", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
     for option in (f.name for f in dataclasses.fields(tune.Options)):
         assert f"--{option} " in text, option
     assert "workers racing at the end may finish a few more" in text
-    printed = run_cli(
-        "tune", "--config", "configs/mlp.yaml", "--search", "configs/search/mlp.yaml", "--print_config"
-    )
-    assert printed.returncode == 0, printed.stderr[-2000:]
-    assert (
-        "search: configs/search/mlp.yaml" in printed.stdout and "class_path: lit_mnist.MLP" in printed.stdout
-    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            ["tune", "--config", "configs/mlp.yaml", "--search", "configs/search/mlp.yaml", "--print_config"]
+        )
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "search: configs/search/mlp.yaml" in printed and "class_path: lit_mnist.MLP" in printed
     # python -m lit_mnist --help reads tune's docstring; importing tune must not import Optuna
     code = "import sys, lit_mnist.tune; assert 'optuna' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=120).returncode == 0
