@@ -319,6 +319,10 @@ class LitMNISTCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         threads.use((self.config[self.subcommand] if self.subcommand else self.config).threads)
+        if self.subcommand in ("validate", "test", "predict"):
+            # Only fit writes checkpoints; the writer LightningCLI adds would merely restore its
+            # state from --ckpt_path and warn that the run's folder changed.
+            self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, ModelCheckpoint)]
 
     def _resolve_ckpt_path(self, config: Namespace, logger: Any) -> None:
         ckpt_path = config.get("ckpt_path")

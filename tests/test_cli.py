@@ -49,11 +49,16 @@ def test_output_to_a_file_is_a_few_lines_per_epoch(fitted):
 def test_test_and_predict_from_the_checkpoint(fitted):
     logs, _ = fitted
     ckpt = logs / "mlp" / "version_0" / "checkpoints" / "last.ckpt"
-    test = run_cli("test", "--config", "configs/mlp.yaml", "--ckpt_path", str(ckpt), *_logs(logs))
+    shown = {"PYTHONWARNINGS": None}  # the warnings a user sees
+    test = run_cli("test", "--config", "configs/mlp.yaml", "--ckpt_path", str(ckpt), *_logs(logs), env=shown)
     assert test.returncode == 0, test.stderr[-3000:]
     assert "test/acc" in test.stdout
-    predict = run_cli("predict", "--config", "configs/mlp.yaml", "--ckpt_path", str(ckpt), *_logs(logs))
+    predict = run_cli(
+        "predict", "--config", "configs/mlp.yaml", "--ckpt_path", str(ckpt), *_logs(logs), env=shown
+    )
     assert predict.returncode == 0, predict.stderr[-3000:]
+    for result in (test, predict):  # they write into a new version folder, and write no checkpoint
+        assert "Warning" not in result.stderr and "dirpath has changed" not in result.stderr, result.stderr
 
 
 def test_ckpt_path_last_resumes_the_previous_run(tmp_path):
