@@ -46,6 +46,7 @@ from timing import BenchmarkError, cpu_model, run_script
 from lit_mnist.checkpoint import load_model, read_checkpoint
 from lit_mnist.data.images import load_image_folder
 from lit_mnist.data.mnist import load_mnist
+from lit_mnist.models import MNISTClassifier
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -172,9 +173,8 @@ def trained(config: str, augment: str, seed: int, runs: Path, accelerator: str, 
     return best[0]
 
 
-def predictions(ckpt: Path, images: torch.Tensor) -> torch.Tensor:
-    """The label the checkpoint's model gives each of ``images``."""
-    model = load_model(ckpt, read_checkpoint(ckpt))
+def predictions(model: MNISTClassifier, images: torch.Tensor) -> torch.Tensor:
+    """The label ``model`` gives each of ``images``."""
     return torch.cat([model.predict(chunk) for chunk in images.split(1000)])
 
 
@@ -226,9 +226,10 @@ def main() -> None:
     scores: dict[tuple[str, str, int], dict[str, float]] = {}
     independent_labels = torch.from_numpy(digit_labels)
     for key, ckpt in runs.items():
-        on_independent = predictions(ckpt, independent)
+        model = load_model(ckpt, read_checkpoint(ckpt))
+        on_independent = predictions(model, independent)
         scores[key] = {
-            "mnist": 100 * (predictions(ckpt, test_images) == test_labels).float().mean().item(),
+            "mnist": 100 * (predictions(model, test_images) == test_labels).float().mean().item(),
             "independent": 100 * (on_independent == independent_labels).float().mean().item(),
             "independent_by_class": by_class(on_independent, independent_labels),
         }
