@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -41,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from timing import BenchmarkError, cpu_model, run_script
+from timing import BenchmarkError, add_threads_argument, cpu_model, run_script
 
 from lit_mnist.checkpoint import load_model, read_checkpoint
 from lit_mnist.data.images import load_image_folder
@@ -202,12 +201,7 @@ def main() -> None:
     )
     parser.add_argument("--pen", type=int, default=20, help="digits drawn on the page (0: none)")
     parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=os.cpu_count(),
-        help="CPU threads of every fit (default: every core, however busy the machine)",
-    )
+    add_threads_argument(parser)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.pen and not CHROMIUM.exists():

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 import re
 import statistics
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from timing import cpu_model, run_script
+from timing import add_threads_argument, cpu_model, run_script
 from vs_keras import keras_python, run_keras
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,14 +60,8 @@ def run(
 ) -> tuple[float, float, float]:
     """Test accuracy (%), test loss and wall time (s) of one full ``fit`` on ``threads`` CPU threads (``cli_args`` appended)."""
     command = [sys.executable, "-m", "lit_mnist", "fit", "--config", f"configs/{config}.yaml"]
-    command += [
-        "--seed_everything",
-        str(seed),
-        "--trainer.accelerator",
-        accelerator,
-        "--threads",
-        str(threads),
-    ]
+    command += ["--seed_everything", str(seed), "--trainer.accelerator", accelerator]
+    command += ["--threads", str(threads)]
     command += ["--trainer.logger.init_args.save_dir", str(logs), *cli_args]
     start = time.monotonic()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -89,13 +82,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="*", default=list(TUTORIAL_NUMBERS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=os.cpu_count(),
-        help="CPU threads of every fit (default: every core, however busy the machine): a seed fixes the "
-        "weights only for a given thread count",
-    )
+    add_threads_argument(parser)
     parser.add_argument("--output", type=Path, default=None, help="also write the table to this file")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     parser.add_argument("--keras", action="store_true", help="also run the tutorial's Keras code, same seeds")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import platform
 import re
 import subprocess
@@ -108,6 +110,17 @@ def cpu_model() -> str:
 
 #: What a busy neighbour runs: one core's worth of pure Python, as long as it is left running.
 BUSY_LOOP = "while True: pass"
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads``: the CPU threads of every ``fit`` a benchmark starts (default: every core)."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="CPU threads of every fit (default: every core, however busy the machine): a seed fixes the "
+        "weights only for a given thread count",
+    )
 
 
 def start_neighbours(count: int) -> list[subprocess.Popen]:
