@@ -152,7 +152,7 @@ AUGMENT_ARGS = {"off": ["--data.augment", "null"], "on": ["--data.augment", "{}"
 
 
 def trained(config: str, augment: str, seed: int, runs: Path, accelerator: str, threads: int) -> Path:
-    """The best checkpoint of the run, trained now unless ``runs`` has it already."""
+    """The checkpoint the run kept, trained now unless ``runs`` has it already."""
     folder = runs / f"{config}-{augment}-seed{seed}"
     done = folder / "done"
     if not done.exists():
@@ -166,9 +166,10 @@ def trained(config: str, augment: str, seed: int, runs: Path, accelerator: str, 
         if result.returncode != 0:
             raise BenchmarkError(f"{folder.name} failed: {result.stderr.strip().splitlines()[-1]}")
         done.write_text(" ".join(command[1:]) + "\n")
-    best = sorted(folder.glob("*/version_*/checkpoints/best-*.ckpt"))
+    # the one checkpoint besides last.ckpt: the best by validation accuracy, or the last epoch's
+    best = [p for p in folder.glob("*/version_*/checkpoints/*.ckpt") if p.name != "last.ckpt"]
     if len(best) != 1:
-        raise BenchmarkError(f"{folder} should hold one best-*.ckpt, it holds {len(best)}")
+        raise BenchmarkError(f"{folder} should hold one checkpoint besides last.ckpt, it holds {len(best)}")
     return best[0]
 
 

@@ -57,6 +57,10 @@ DESCRIPTION = (
 )
 #: Lightning's own subcommands, run by ``LitMNISTCLI``.
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+#: ``--checkpoint.filename``'s default: the best checkpoint by validation accuracy.
+BEST_FILENAME = "best-epoch{epoch:02d}-val_acc{val/acc:.4f}"
+#: The default name instead, with ``--checkpoint.monitor null`` (the checkpoint of the last epoch).
+UNMONITORED_FILENAME = "epoch{epoch:02d}"
 
 
 #: Lines of jsonargparse's report of a refused value that say nothing about the value itself.
@@ -211,6 +215,17 @@ def _drop_switched_off_callbacks(trainer: Namespace) -> None:
     trainer.callbacks = kept
 
 
+def _name_unmonitored_checkpoints(config: Namespace) -> None:
+    """``--checkpoint.monitor null`` keeps the final weights: the default name drops the metric.
+
+    The default name formats ``val/acc``; with nothing monitored Lightning would write it as 0.
+    A name the user gives is kept.
+    """
+    checkpoint = config.get("checkpoint")
+    if checkpoint is not None and checkpoint.monitor is None and checkpoint.filename == BEST_FILENAME:
+        checkpoint.filename = UNMONITORED_FILENAME
+
+
 def _keep_no_checkpoints(config: Namespace) -> None:
     """``--trainer.enable_checkpointing false``: the CLI's ``ModelCheckpoint`` saves nothing.
 
@@ -273,7 +288,7 @@ class LitMNISTCLI(LightningCLI):
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
                 "checkpoint.save_last": True,
-                "checkpoint.filename": "best-epoch{epoch:02d}-val_acc{val/acc:.4f}",
+                "checkpoint.filename": BEST_FILENAME,
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
@@ -299,6 +314,7 @@ class LitMNISTCLI(LightningCLI):
             self.config = with_threads(self.config)
             _drop_switched_off_callbacks(self.config.trainer)
             _keep_no_checkpoints(self.config)
+            _name_unmonitored_checkpoints(self.config)
             return
         if subcommand not in LIGHTNING_COMMANDS:
             raise LitMNISTError(f"Put the command first: python -m lit_mnist {subcommand} ...")
@@ -306,6 +322,7 @@ class LitMNISTCLI(LightningCLI):
         self.config[subcommand] = config = with_threads(config)
         _drop_switched_off_callbacks(config.trainer)
         _keep_no_checkpoints(config)
+        _name_unmonitored_checkpoints(config)
         _check_launcher(config.trainer)
         logger = config.trainer.logger
         init_args = logger.get("init_args", {}) if isinstance(logger, Namespace) else {}

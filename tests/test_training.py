@@ -207,6 +207,25 @@ def test_every_shipped_config_calls_each_hook_once_per_batch(config, tiny_mnist,
     assert cli.trainer.global_step == 2 * batches
 
 
+@pytest.mark.parametrize(
+    ("options", "written"),
+    [
+        ([], {"best-epoch00-val_acc", "last"}),
+        (["--checkpoint.monitor", "null"], {"epoch00", "last"}),
+        (["--checkpoint.monitor", "null", "--checkpoint.filename", "final{epoch}"], {"final0", "last"}),
+    ],
+)
+def test_checkpoints_are_named_by_what_picked_them(options, written, tiny_mnist, tmp_path):
+    """The default name gives the validation accuracy, or only the epoch when nothing is monitored."""
+    args = ["--config", "configs/mlp.yaml", "--data.init_args.data_dir", str(tiny_mnist)]
+    args += ["--data.init_args.val_size", "40", "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu"]
+    args += ["--trainer.logger.init_args.save_dir", str(tmp_path), *options]
+    cli = LitMNISTCLI(args=args, run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    names = {p.stem for p in tmp_path.glob("**/checkpoints/*.ckpt")}
+    assert {name[:20] for name in names} == written
+
+
 def test_gradient_clipping_and_accumulation_train_a_seed_config(tiny_mnist, tmp_path):
     args = ["--config", "configs/mlp.yaml", "--data.init_args.data_dir", str(tiny_mnist)]
     args += ["--data.init_args.val_size", "40"]
