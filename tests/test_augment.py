@@ -37,6 +37,13 @@ def test_no_distortion_gives_the_digits_back(digits: torch.Tensor) -> None:
     assert torch.equal(out, digits)
 
 
+def test_the_default_keeps_each_digit_centred_as_the_input_transform_centres_it(digits: torch.Tensor) -> None:
+    """Every digit a model is given is centred by mass; the default draws no shift that would move it."""
+    moved = (centre_of_mass(Augmentation()(digits, (0, 0, 0, 0))) - centre_of_mass(digits)).norm(dim=1)
+    # rotation and shear turn a digit about the centre; a shift of 10 % moves one up to 4 pixels
+    assert moved.max() < 1.5
+
+
 def test_the_same_key_gives_the_same_batch_and_another_key_another(digits: torch.Tensor) -> None:
     augment = Augmentation(elastic=2.0)
     first = augment(digits, (7, 1, 3, 0))

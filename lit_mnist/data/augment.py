@@ -1,13 +1,13 @@
 """Random distortions of training digits: whole uint8 batches, on the batch's device, reproducibly.
 
-Each digit of a batch draws its own stroke width, blur, rotation, zoom, shear, shift and
-(optionally) elastic warp: the stroke width is a 3 × 3 grey-scale dilation or erosion, the blur a
-Gaussian per digit (one grouped convolution), the geometry one ``torch.nn.functional.grid_sample``
-call for the whole batch. The random numbers come from a generator seeded with
-``(seed, epoch, batch, process)``, so a batch is distorted the same way whenever it is seen again
-(a resumed run, another device), and the global random state that dropout draws from is never
-touched. Why not torchvision's or kornia's transforms, and what this costs: docs/benchmarks.md,
-"Augmentation's cost".
+Each digit of a batch draws its own stroke width, rotation and shear and, where their bounds are
+set, its blur, zoom, shift and elastic warp: the stroke width is a 3 × 3 grey-scale dilation or
+erosion, the blur a Gaussian per digit (one grouped convolution), the geometry one
+``torch.nn.functional.grid_sample`` call for the whole batch. The random numbers come from a
+generator seeded with ``(seed, epoch, batch, process)``, so a batch is distorted the same way
+whenever it is seen again (a resumed run, another device), and the global random state that dropout
+draws from is never touched. Why not torchvision's or kornia's transforms, and what this costs:
+docs/benchmarks.md, "Augmentation's cost".
 """
 
 from __future__ import annotations
@@ -26,11 +26,17 @@ from lit_mnist.errors import LitMNISTError
 class Augmentation:
     """How each training digit is distorted; every bound is drawn uniformly, digit by digit.
 
+    Zoom and shift are off by default: every path that feeds a model a digit (``predict_dir``,
+    ``serve``, the draw page) scales it into MNIST's 20 × 20 box and centres it by mass, as MNIST's
+    own digits are, so a zoomed or shifted training digit looks like no digit a model is given;
+    they cost the models accuracy on handwriting from elsewhere (docs/benchmarks.md, "Digits from
+    elsewhere"). They are there for models fed digits prepared some other way.
+
     Args:
         rotation: Largest rotation, in degrees either way.
-        scale: Smallest and largest zoom factor.
+        scale: Smallest and largest zoom factor; ``(1, 1)``: no zoom.
         shear: Largest shear, in degrees either way, along each axis.
-        translate: Largest shift along each axis, as a fraction of the image side.
+        translate: Largest shift along each axis, as a fraction of the image side; 0: no shift.
         thickness: Largest change of stroke width: a digit is blended towards its 3 × 3 dilation
             (thicker) or erosion (thinner) by a fraction drawn from [-thickness, thickness].
         blur: Largest Gaussian blur, as its standard deviation in pixels: each digit is blurred by
@@ -42,9 +48,9 @@ class Augmentation:
     """
 
     rotation: float = 15.0
-    scale: tuple[float, float] = (0.85, 1.15)
+    scale: tuple[float, float] = (1.0, 1.0)
     shear: float = 10.0
-    translate: float = 0.1
+    translate: float = 0.0
     thickness: float = 1.0
     blur: float = 0.0
     elastic: float = 0.0
