@@ -167,10 +167,10 @@ def trained(config: str, augment: str, seed: int, runs: Path, accelerator: str, 
             raise BenchmarkError(f"{folder.name} failed: {result.stderr.strip().splitlines()[-1]}")
         done.write_text(" ".join(command[1:]) + "\n")
     # the one checkpoint besides last.ckpt: the best by validation accuracy, or the last epoch's
-    best = [p for p in folder.glob("*/version_*/checkpoints/*.ckpt") if p.name != "last.ckpt"]
-    if len(best) != 1:
-        raise BenchmarkError(f"{folder} should hold one checkpoint besides last.ckpt, it holds {len(best)}")
-    return best[0]
+    kept = [p for p in folder.glob("*/version_*/checkpoints/*.ckpt") if p.name != "last.ckpt"]
+    if len(kept) != 1:
+        raise BenchmarkError(f"{folder} should hold one checkpoint besides last.ckpt, it holds {len(kept)}")
+    return kept[0]
 
 
 def predictions(model: MNISTClassifier, images: torch.Tensor) -> torch.Tensor:

@@ -239,6 +239,15 @@ def _keep_no_checkpoints(config: Namespace) -> None:
     config.checkpoint.save_top_k, config.checkpoint.save_last, config.checkpoint.monitor = 0, False, None
 
 
+def _settled(config: Namespace) -> Namespace:
+    """One command's parsed ``config`` with what its flags imply: threads, callbacks, checkpoints."""
+    config = with_threads(config)
+    _drop_switched_off_callbacks(config.trainer)
+    _keep_no_checkpoints(config)
+    _name_unmonitored_checkpoints(config)
+    return config
+
+
 class LitMNISTCLI(LightningCLI):
     """The project's LightningCLI: its models and data modules, logging, checkpoints and checks.
 
@@ -311,18 +320,11 @@ class LitMNISTCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand is None:  # run=False: the config of one command
-            self.config = with_threads(self.config)
-            _drop_switched_off_callbacks(self.config.trainer)
-            _keep_no_checkpoints(self.config)
-            _name_unmonitored_checkpoints(self.config)
+            self.config = _settled(self.config)
             return
         if subcommand not in LIGHTNING_COMMANDS:
             raise LitMNISTError(f"Put the command first: python -m lit_mnist {subcommand} ...")
-        config = self.config[subcommand]
-        self.config[subcommand] = config = with_threads(config)
-        _drop_switched_off_callbacks(config.trainer)
-        _keep_no_checkpoints(config)
-        _name_unmonitored_checkpoints(config)
+        self.config[subcommand] = config = _settled(self.config[subcommand])
         _check_launcher(config.trainer)
         logger = config.trainer.logger
         init_args = logger.get("init_args", {}) if isinstance(logger, Namespace) else {}
