@@ -336,7 +336,7 @@ class MNISTClassifier(L.LightningModule):
         """``optimizer`` built for the parameters, with its implementation chosen for where they are.
 
         Adam, AdamW and SGD whose ``fused`` argument is left unset (``None``) get ``fused=True``
-        (one kernel per update; ``docs/porting.md``, row 14) when every parameter is on the CPU
+        (one kernel per update; ``docs/porting.md``, row 13) when every parameter is on the CPU
         or a CUDA GPU, unless the trainer clips gradients under mixed precision: Lightning
         refuses to clip for an optimizer that unscales its gradients itself, as fused ones do.
         Elsewhere (XLA, MPS) they keep PyTorch's default implementation. A ``fused`` set in the
