@@ -10,8 +10,8 @@ on forms and collected and prepared apart from MNIST: 32 × 32 bitmaps counted i
 ``load_image_folder``, exactly as ``predict --data.predict_dir`` and ``serve`` read a user's file.
 
 For every config, augmentation setting (``off``: ``--data.augment null``; ``on``: the default
-``Augmentation``, ``--data.augment {}``, so that ``cnn`` with it on is ``configs/cnn_drawn.yaml``)
-and seed, the script trains
+``Augmentation``, ``--data.augment {}``; ``cnn_drawn`` is ``cnn`` with it on and a moving average
+of its weights, so its ``off`` is that average alone) and seed, the script trains
 ``python -m lit_mnist fit --config configs/<config>.yaml --seed_everything <seed> --threads <threads>``
 into ``--runs`` (a run already there, with its ``done`` file, is not trained again), then scores the
 run's best checkpoint on MNIST's test set and on the independent digits. With ``--pen N`` it also
@@ -51,8 +51,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from helpers import CHROMIUM, CHROMIUM_ARGS, draw, running  # noqa: E402  (the tests' helpers, not part of the package)
 
-#: Every tutorial config of an MNIST model (``configs/cnn_drawn.yaml`` is ``cnn`` with augmentation on).
-CONFIGS = ["linear", "scratch", "dropout", "mlp", "dense512", "fc_sigmoid", "modern_mlp", "cnn"]
+#: Every config of an MNIST model: the tutorials' and ``cnn_drawn``.
+CONFIGS = ["linear", "scratch", "dropout", "mlp", "dense512", "fc_sigmoid", "modern_mlp", "cnn", "cnn_drawn"]
 #: White paper around each 8 × 8 digit, in pixels.
 MARGIN = 2
 #: The page's drawing pad is 280 × 280; a digit's skeleton, on a 28 × 28 grid, is drawn 10 times larger.

@@ -12,13 +12,14 @@ from typing import IO, Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from jsonargparse.typing import NonNegativeInt, PositiveInt
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveInt
 from lightning.pytorch import callbacks
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelSummary, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.model_summary import summarize
 from matplotlib.figure import Figure
 from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
@@ -177,6 +178,24 @@ class LearningRateMonitor(callbacks.LearningRateMonitor):
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         if trainer.loggers:
             super().on_train_epoch_start(trainer, *args, **kwargs)
+
+
+class EMAWeightAveraging(callbacks.WeightAveraging):
+    """An exponential moving average of the weights, updated after every optimizer step in one pass.
+
+    Lightning's ``EMAWeightAveraging`` updates each tensor as ``decay * average + (1 - decay) *
+    weights``, several kernels and two temporaries per tensor at every step; this one hands
+    ``AveragedModel`` PyTorch's ``get_ema_multi_avg_fn``, one in-place ``lerp`` over all the tensors,
+    and gives the same average to float rounding. Lightning's ``WeightAveraging`` does the rest:
+    validation, checkpoints and so every command read the average.
+
+    Args:
+        decay: Weight of the average so far at each optimizer step: 0.999 averages over about the
+            last 1,000 steps.
+    """
+
+    def __init__(self, decay: ClosedUnitInterval = 0.999) -> None:
+        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay))
 
 
 class SameCheckpointOnEveryRank(L.Callback):

@@ -450,5 +450,9 @@ def configure_process() -> None:
     warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices")
     # tune runs each trial's LitMNISTCLI in-process with args while sys.argv holds tune's own.
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    # Lightning's weight averaging (configs/cnn_drawn.yaml) warns that it cannot shard a model that has
+    # configure_model (none here is sharded), and that test, validate and predict cannot restore the
+    # average's own state (they read the average itself, which is what a checkpoint's weights are).
+    warnings.filterwarnings("ignore", message=r"You're using the WeightAveraging callback")
     if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and not torch.cuda.is_available():
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import REPO, quiet_trainer
+from helpers import REPO, SHORT_FIT, quiet_trainer, run_cli
 
 from lit_mnist.cli import LitMNISTCLI
 from lit_mnist.data import Augmentation, MNISTDataModule, batch_loader, load_mnist
@@ -137,13 +137,57 @@ def test_bad_bounds_are_one_sentence(options: dict, message: str) -> None:
         Augmentation(**options)
 
 
-def test_cnn_drawn_is_the_tutorials_cnn_with_the_default_augmentation() -> None:
+def test_cnn_drawn_is_the_tutorials_cnn_with_the_default_augmentation_and_a_moving_average() -> None:
     import yaml
 
     drawn, cnn = (yaml.safe_load((REPO / "configs" / f"{n}.yaml").read_text()) for n in ("cnn_drawn", "cnn"))
     augment = drawn["data"]["init_args"].pop("augment")
+    [average] = drawn["trainer"].pop("callbacks+")
     assert drawn == cnn
     assert Augmentation(**{**augment, "scale": tuple(augment["scale"])}) == Augmentation()
+    assert average["class_path"] == "lit_mnist.callbacks.EMAWeightAveraging"
+
+
+def test_the_moving_average_is_lightnings_to_float_rounding(tiny_mnist: Path) -> None:
+    from lightning.pytorch.callbacks import EMAWeightAveraging as LightningsAverage
+
+    from lit_mnist import MLP
+    from lit_mnist.callbacks import EMAWeightAveraging
+
+    weights = []
+    for callbacks in ([EMAWeightAveraging(decay=0.9)], [LightningsAverage(decay=0.9)], []):
+        L.seed_everything(0)
+        trainer = quiet_trainer(max_epochs=2, limit_train_batches=5, limit_val_batches=0, callbacks=callbacks)
+        model = MLP()
+        trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(tiny_mnist), batch_size=8, val_size=20))
+        weights.append(model.state_dict())  # the average, where there is one: it is the model at the end
+    ours, lightnings, last = weights
+    for key in last:
+        torch.testing.assert_close(ours[key], lightnings[key], rtol=1e-5, atol=1e-7)
+        assert not torch.equal(ours[key], last[key]), key
+
+
+def test_cnn_drawns_checkpoints_hold_the_moving_average_that_the_commands_read(tmp_path: Path) -> None:
+    from lit_mnist.checkpoint import load_model, read_checkpoint
+
+    config = ("--config", "configs/cnn_drawn.yaml", "--model.init_args.channels", "[8, 16]",
+              "--model.init_args.hidden_size", "64", "--model.init_args.init", "pytorch")  # fmt: skip
+    warned = {"PYTHONWARNINGS": None}  # run_cli hides warnings; these runs must show none of Lightning's
+    fit = run_cli("fit", *config, *SHORT_FIT, "--test_after_fit", "false",
+                  "--trainer.logger.init_args.save_dir", str(tmp_path), env=warned)  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    assert "WeightAveraging" not in fit.stderr  # its warning about sharding concerns no model here
+    last = tmp_path / "cnn_drawn" / "version_0" / "checkpoints" / "last.ckpt"
+    checkpoint = read_checkpoint(last)
+    average, current = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert any(not torch.equal(average[key], current[key]) for key in average)
+    weights = load_model(last, checkpoint).state_dict()
+    for key in average:
+        assert torch.equal(weights[key], average[key]), key
+    tested = run_cli("test", *config, "--ckpt_path", str(last), "--trainer.limit_test_batches", "2",
+                     "--trainer.logger", "false", env=warned)  # fmt: skip
+    assert tested.returncode == 0, tested.stderr[-2000:]
+    assert "WeightAveraging" not in tested.stderr  # the average is what test should read: no warning
 
 
 def test_the_cli_turns_it_on_with_one_option_and_prints_it() -> None:

@@ -108,8 +108,9 @@ def test_help_and_print_config():
         (("--model.init_args.no_such_key", "1"), "no_such_key"),
         (("--data.batch_size", "abc"), "batch_size"),
         (("--config", "configs/does_not_exist.yaml"), "does_not_exist.yaml"),
+        (("--config", "configs/cnn_drawn.yaml", "--trainer.callbacks.decay", "2"), "decay"),
     ],
-    ids=["unknown-key", "wrong-type", "missing-config"],
+    ids=["unknown-key", "wrong-type", "missing-config", "callback-out-of-range"],
 )
 def test_bad_arguments_exit_2_without_traceback(args, message):
     result = run_cli("fit", "--config", "configs/mlp.yaml", *args)
