@@ -1,4 +1,4 @@
-"""Callbacks the CLI adds to every run."""
+"""Callbacks the CLI adds to every run, and the moving average of the weights a config can add."""
 
 from __future__ import annotations
 

@@ -77,6 +77,10 @@ def write_mnist(root: Path, n_train: int = 120, n_test: int = 40, seed: int = 0)
     return root
 
 
+#: ``run_cli``'s ``env`` for a command whose warnings the test reads, as a user would see them.
+SHOW_WARNINGS: dict[str, str | None] = {"PYTHONWARNINGS": None}
+
+
 def run_cli(
     *args: str, cwd: Path = REPO, timeout: float = 300, env: dict[str, str | None] | None = None
 ) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import REPO, SHORT_FIT, quiet_trainer, run_cli
+from helpers import REPO, SHORT_FIT, SHOW_WARNINGS, quiet_trainer, run_cli
 
 from lit_mnist.cli import LitMNISTCLI
 from lit_mnist.data import Augmentation, MNISTDataModule, batch_loader, load_mnist
@@ -172,9 +172,8 @@ def test_cnn_drawns_checkpoints_hold_the_moving_average_that_the_commands_read(t
 
     config = ("--config", "configs/cnn_drawn.yaml", "--model.init_args.channels", "[8, 16]",
               "--model.init_args.hidden_size", "64", "--model.init_args.init", "pytorch")  # fmt: skip
-    warned = {"PYTHONWARNINGS": None}  # run_cli hides warnings; these runs must show none of Lightning's
     fit = run_cli("fit", *config, *SHORT_FIT, "--test_after_fit", "false",
-                  "--trainer.logger.init_args.save_dir", str(tmp_path), env=warned)  # fmt: skip
+                  "--trainer.logger.init_args.save_dir", str(tmp_path), env=SHOW_WARNINGS)  # fmt: skip
     assert fit.returncode == 0, fit.stderr[-2000:]
     assert "WeightAveraging" not in fit.stderr  # its warning about sharding concerns no model here
     last = tmp_path / "cnn_drawn" / "version_0" / "checkpoints" / "last.ckpt"
@@ -185,7 +184,7 @@ def test_cnn_drawns_checkpoints_hold_the_moving_average_that_the_commands_read(t
     for key in average:
         assert torch.equal(weights[key], average[key]), key
     tested = run_cli("test", *config, "--ckpt_path", str(last), "--trainer.limit_test_batches", "2",
-                     "--trainer.logger", "false", env=warned)  # fmt: skip
+                     "--trainer.logger", "false", env=SHOW_WARNINGS)  # fmt: skip
     assert tested.returncode == 0, tested.stderr[-2000:]
     assert "WeightAveraging" not in tested.stderr  # the average is what test should read: no warning
 

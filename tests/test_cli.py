@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, SHORT_FIT, run_cli
+from helpers import REPO, SHORT_FIT, SHOW_WARNINGS, run_cli
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 
 from lit_mnist.cli import LitMNISTCLI
@@ -49,12 +49,13 @@ def test_output_to_a_file_is_a_few_lines_per_epoch(fitted):
 def test_test_and_predict_from_the_checkpoint(fitted):
     logs, _ = fitted
     ckpt = logs / "mlp" / "version_0" / "checkpoints" / "last.ckpt"
-    shown = {"PYTHONWARNINGS": None}  # the warnings a user sees
-    test = run_cli("test", "--config", "configs/mlp.yaml", "--ckpt_path", str(ckpt), *_logs(logs), env=shown)
+    test = run_cli(
+        "test", "--config", "configs/mlp.yaml", "--ckpt_path", str(ckpt), *_logs(logs), env=SHOW_WARNINGS
+    )
     assert test.returncode == 0, test.stderr[-3000:]
     assert "test/acc" in test.stdout
     predict = run_cli(
-        "predict", "--config", "configs/mlp.yaml", "--ckpt_path", str(ckpt), *_logs(logs), env=shown
+        "predict", "--config", "configs/mlp.yaml", "--ckpt_path", str(ckpt), *_logs(logs), env=SHOW_WARNINGS
     )
     assert predict.returncode == 0, predict.stderr[-3000:]
     for result in (test, predict):  # they write into a new version folder, and write no checkpoint
